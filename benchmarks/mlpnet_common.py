@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:  # benchmarks run as scripts from a checkout
     sys.path.insert(0, str(REPO))
 
 from cbs_opt import Problem  # noqa: E402
+from cbs_opt.fisher import per_sample_gradients  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081
 PARAM_NAMES = ("fc1.weight", "fc2.weight", "fc3.weight")
@@ -117,18 +118,6 @@ def mlpnet_gradients(n_samples: int = 1000, seed: int = 0, directory: str | None
     model = load_mlpnet(directory)
     x, y = load_mnist(directory, "train")
     idx = torch.as_tensor(sample_indices(n_samples, seed))
-    try:
-        from cbs_opt.fisher import per_sample_gradients
-    except ImportError:  # until the Fisher module lands: the same computation, inline
-        from torch.func import functional_call, grad, vmap
-        params = {n: p.detach() for n, p in model.named_parameters()}
-
-        def sample_loss(p, xi, yi):
-            out = functional_call(model, p, (xi[None],))
-            return torch.nn.functional.cross_entropy(out, yi[None])
-
-        g = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x[idx], y[idx])
-        return torch.cat([g[n].reshape(len(idx), -1) for n in PARAM_NAMES], 1).double().numpy()
     grads = per_sample_gradients(model, x[idx], y[idx], loss="cross_entropy", params=list(PARAM_NAMES))
     return grads.double().numpy()
 
