@@ -8,12 +8,10 @@ from solvers import Solution, Status, available, solve
 __version__ = "0.1.0"
 
 
-def __getattr__(name):
-    # prune pulls in torch; load it only when asked for.
-    if name == "prune":
-        from .prune import prune
-        return prune
-    raise AttributeError(f"module 'cbs_opt' has no attribute {name!r}")
+# Imported eagerly (torch is loaded by the solvers anyway): the submodule cbs_opt.prune shares the
+# function's name, and a lazy import would leave `cbs_opt.prune` bound to the module once anything
+# imported `cbs_opt.prune` first. Binding the function after the submodule import makes it stick.
+from .prune import prune  # noqa: E402
 
 
 __all__ = ["Problem", "OBJECTIVES", "solve", "prune", "available", "Solution", "Status", "__version__"]

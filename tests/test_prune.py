@@ -1,0 +1,181 @@
+"""cbs_opt.prune: masks vs zeros, the optimal budget split (vs enumeration), stages, inplace, errors."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import solvers
+from cbs_opt import prune
+from cbs_opt.fisher import build_blocks
+from cbs_opt.prune import sparsity_schedule
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2, bias=False))
+
+
+def dataset(n=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 4, generator=g), torch.randint(0, 2, (n,), generator=g)
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_zeros_are_masks(result):
+    params = dict(result.model.named_parameters())
+    for name, mask in result.masks.items():
+        assert mask.dtype == torch.bool and mask.shape == params[name].shape
+        assert torch.equal(params[name] != 0, mask), name
+        assert torch.equal(result.weights[name], params[name].detach())
+
+
+@pytest.mark.parametrize("solver", ["magnitude", "obs", "enumerate"])
+def test_zeros_are_exactly_the_masks_and_input_untouched(solver):
+    model = tiny()
+    before = state(model)
+    res = prune(model, dataset(), 0.5, solver=solver, n_samples=40, blocks="model")
+    assert res.model is not model
+    for k, v in model.state_dict().items():  # bit-for-bit untouched
+        assert torch.equal(v, before[k])
+    assert_zeros_are_masks(res)
+    assert res.n_total == 12 + 6 and res.n_pruned == 9 and res.sparsity == 0.5
+    # biases are not selected and not touched
+    assert torch.equal(res.model[0].bias, model[0].bias)
+
+
+def test_one_block_matches_direct_solve_and_update():
+    model = tiny()
+    x, y = dataset()
+    res = prune(model, (x, y), 0.5, solver="enumerate", n_samples=40)
+    (block,) = build_blocks(model, (x, y), n_samples=40)
+    ref = solvers.solve(block.problem.with_n_prune(9), solver="enumerate")
+    np.testing.assert_array_equal(res.solutions[0].pruned, ref.pruned)
+    assert res.objective == pytest.approx(ref.objective)
+    flat = torch.cat([res.weights["0.weight"].reshape(-1), res.weights["2.weight"].reshape(-1)]).double()
+    np.testing.assert_allclose(flat.numpy(), ref.weights, rtol=1e-5, atol=1e-6)  # CBS-U written (float32)
+    # update=False: survivors keep their original values
+    plain = prune(model, (x, y), 0.5, solver="enumerate", n_samples=40, update=False)
+    for n, p in model.named_parameters():
+        if n in plain.masks:
+            m = plain.masks[n]
+            assert torch.equal(plain.weights[n][m], p.detach()[m])
+            assert not torch.equal(res.weights[n][m], p.detach()[m])
+
+
+def brute_best_split(blocks, total):
+    """min over all splits of Σ per-block enumerated optima (independent of the allocation module)."""
+    best_per = []
+    for b in blocks:
+        p = b.size
+        best_per.append([min(b.problem.update_cost(list(P)) for P in itertools.combinations(range(p), m))
+                         if m else b.problem.update_cost([]) for m in range(p + 1)])
+    best = np.inf
+    for split in itertools.product(*[range(b.size + 1) for b in blocks]):
+        if sum(split) == total:
+            best = min(best, sum(c[m] for c, m in zip(best_per, split)))
+    return best
+
+
+@pytest.mark.parametrize("blocks", ["layer", "row"])
+def test_budget_split_is_optimal_on_block_diagonal_fisher(blocks):
+    model = tiny(3)
+    data = dataset(30, seed=5)
+    bl = build_blocks(model, data, n_samples=30, blocks=blocks, damping=1e-2)
+    total = int(round(0.6 * 18))
+    res = prune(model, data, 0.6, solver="enumerate", n_samples=30, blocks=blocks, damping=1e-2)
+    ref = brute_best_split(bl, total)
+    assert res.n_pruned == total
+    assert res.objective == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    assert res.stages[0].allocation.exact
+    # a uniform ratio split is clearly worse on this instance (about twice the cost)
+    uni = prune(model, data, 0.6, solver="enumerate", n_samples=30, blocks=blocks, damping=1e-2,
+                allocation="uniform")
+    assert uni.objective > 1.5 * res.objective
+    assert_zeros_are_masks(res)
+
+
+def test_grid_curves_on_larger_blocks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False))
+    x, y = torch.randn(50, 10), torch.randint(0, 3, (50,))
+    res = prune(model, (x, y), 0.7, solver="obs", n_samples=50, blocks="layer", curve_points=3)
+    assert res.n_pruned == round(0.7 * 104) and not res.stages[0].allocation.exact
+    assert_zeros_are_masks(res)
+    assert sum(res.stages[0].budgets.values()) == res.n_pruned
+
+
+def test_multistage_keeps_pruned_weights_pruned():
+    model = tiny(1)
+    x, y = dataset(60)
+    res = prune(model, (x, y), 0.8, solver="obs", n_samples=60, stages=3, schedule="linear")
+    assert [round(s.sparsity, 4) for s in res.stages] == [round(0.8 / 3, 4), round(1.6 / 3, 4), 0.8]
+    counts = [s.n_pruned for s in res.stages]
+    assert counts == sorted(counts) and counts[-1] == round(0.8 * 18)
+    assert_zeros_are_masks(res)
+    # the last stage's problem is over the survivors of stage 2 only
+    assert sum(b.size for b in res.blocks) == 18 - res.stages[1].n_pruned
+    assert sum(b.n_fixed for b in res.blocks) == res.stages[1].n_pruned
+
+
+def test_schedules():
+    geo = sparsity_schedule(0.96, 2)
+    assert geo == pytest.approx([0.8, 0.96])  # density 0.2, then 0.04
+    assert sparsity_schedule(0.9, 1) == [0.9]
+    assert sparsity_schedule(0.5, 2, "cubic") == pytest.approx([0.5 * (1 - 0.125), 0.5])
+    assert sparsity_schedule(0.5, 2, [0.2, 0.5]) == [0.2, 0.5]
+    with pytest.raises(ValueError, match="end at"):
+        sparsity_schedule(0.5, 2, [0.2, 0.4])
+    with pytest.raises(ValueError, match="schedule"):
+        sparsity_schedule(0.5, 2, "exponential")
+
+
+def test_inplace_and_torch_prune_attach():
+    model = tiny(2)
+    data = dataset()
+    res = prune(model, data, 0.5, solver="obs", n_samples=40, inplace=True, attach="torch_prune")
+    assert res.model is model
+    assert hasattr(model[0], "weight_orig") and hasattr(model[0], "weight_mask")
+    assert torch.equal(model[0].weight_mask.bool(), res.masks["0.weight"])
+    assert torch.equal(model[0].weight != 0, res.masks["0.weight"])
+    out = model(data[0])  # the reparametrised model runs
+    assert out.shape == (40, 2)
+
+
+def test_sparsity_zero_is_a_copy():
+    model = tiny()
+    res = prune(model, dataset(), 0.0, solver="magnitude")
+    assert res.n_pruned == 0 and all(m.all() for m in res.masks.values())
+    assert all(torch.equal(a, b) for a, b in zip(res.model.state_dict().values(), model.state_dict().values()))
+
+
+def test_errors():
+    model = tiny()
+    data = dataset()
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="sparsity"):
+            prune(model, data, bad, solver="magnitude")
+    with pytest.raises(TypeError, match="sparsity"):
+        prune(model, data, "half", solver="magnitude")
+    with pytest.raises(ValueError, match="no parameters selected"):
+        prune(nn.Sequential(nn.LayerNorm(4)), data, 0.5, solver="magnitude")
+    with pytest.raises(ValueError, match="data is empty"):
+        prune(model, [], 0.5, solver="magnitude")
+    with pytest.raises(ValueError, match="data is empty"):
+        prune(model, iter([]), 0.5, solver="magnitude")
+    with pytest.raises(ValueError, match="device"):
+        prune(model, data, 0.5, solver="magnitude", device="meta")
+    with pytest.raises(solvers.UnknownSolverError):
+        prune(model, data, 0.5, solver="nope")
+    with pytest.raises(TypeError, match="unknown option"):
+        prune(model, data, 0.5, solver="magnitude", solver_options={"rho": 3})
+    with pytest.raises(ValueError, match="stages"):
+        prune(model, data, 0.5, solver="magnitude", stages=0)
+    with pytest.raises(ValueError, match="attach"):
+        prune(model, data, 0.5, solver="magnitude", attach="hooks")
+    with pytest.raises(ValueError, match="'nope'"):
+        prune(model, data, 0.5, solver="magnitude", params=["nope"])
