@@ -33,6 +33,9 @@ Semantics (pinned down from the authors' public code, ``yuxwind/CBS`` ``greedy_a
 * a pruned rank that finds no partner is a **failed attempt**; the pass ends once more than **τ**
   attempts have failed (the failures need not be consecutive), or when all pruned ranks are done.
 * at most ``max_passes`` passes (the authors' ``max_iter``).
+* ``stop_rule="no_swap"`` (an option, not the paper's rule): the top pair failing is an ordinary failed
+  attempt, kept rank 0 is open to every pruned rank, and the search has converged when a whole pass
+  swaps nothing — with ρ and τ covering everything that is a 1-swap local optimum.
 
 ε is in the units of this package's objective (with the ½): the authors' threshold ``t`` on ``sᵀFs``
 is ``ε = t/2``; the defaults ``epsilon=5e-5, rho=100, tau=20, max_passes=100`` are the authors'
@@ -55,6 +58,10 @@ Initialisations: ``"magnitude"`` (smallest ``|w|``), ``"obs"`` (smallest single-
 and magnitude pruning is applied inside each chunk with the keep budget spread over the chunks;
 ``rmp_trials`` such seeded draws plus plain magnitude are scored on the selection objective and the
 best one starts the search), or an explicit array of ``m`` indices.
+
+On CPU the search runs with ``threads`` torch threads (default 1, restored afterwards): its many
+small block operations pay more for thread synchronisation than they gain (measured 2–4× on the
+2-core development VM). ``threads=None`` leaves torch's setting alone.
 
 ``trace`` (a callable) receives a dict after every accepted batch: ``pass``, ``out`` (pruned
 weights swapped out, in order), ``into`` (kept weights swapped in), ``deltas`` (each swap's predicted
