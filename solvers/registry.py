@@ -29,6 +29,7 @@ class BackendInfo:
     exact: bool                  # proves optimality (returns bounds)
     requires: tuple[str, ...]    # importable modules it needs
     install_hint: str
+    objectives: tuple[str, ...] = ("update", "selection")  # objective kinds it accepts
 
     def is_available(self) -> bool:
         return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
@@ -43,17 +44,18 @@ _REGISTRY: dict[str, BackendInfo] = {}
 
 
 def register(name: str, func: Callable | None = None, *, description: str = "", exact: bool = False,
-             requires: tuple[str, ...] = (), install_hint: str = "", replace: bool = False):
+             requires: tuple[str, ...] = (), install_hint: str = "", replace: bool = False,
+             objectives: tuple[str, ...] = ("update", "selection")):
     """Register a backend under ``name`` (usable as a decorator).
 
     ``requires`` lists modules that must be importable for the backend to be available;
-    ``install_hint`` is shown when they are not.
+    ``install_hint`` is shown when they are not; ``objectives`` the objective kinds it accepts.
     """
     def decorator(f: Callable) -> Callable:
         if name in _REGISTRY and not replace:
             raise ValueError(f"a solver named {name!r} is already registered (pass replace=True)")
         doc = description or (inspect.getdoc(f) or "").split("\n")[0]
-        _REGISTRY[name] = BackendInfo(name, f, doc, exact, tuple(requires), install_hint)
+        _REGISTRY[name] = BackendInfo(name, f, doc, exact, tuple(requires), install_hint, tuple(objectives))
         return f
 
     return decorator(func) if func is not None else decorator
@@ -126,6 +128,9 @@ def solve(problem, solver: str = "greedy_swap", *, time_limit: float | None = No
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
     _check_options(info, options)
+    if problem.objective_kind not in info.objectives:
+        raise ValueError(f"solver {solver!r} does not handle objective={problem.objective_kind!r} "
+                         f"(it accepts {', '.join(info.objectives)}); use problem.with_objective(...)")
 
     start = time.perf_counter()
     result = info.func(problem, seed=int(seed), time_limit=time_limit, progress=progress, **options)

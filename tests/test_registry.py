@@ -83,3 +83,16 @@ def test_duplicate_registration_refused():
 def test_available_core_backends():
     assert {"magnitude", "obs", "enumerate"} <= set(solvers.available())
     assert solvers.backends()["enumerate"].exact
+
+
+def test_objective_kind_checked(prob):
+    @solvers.register("update_only", objectives=("update",))
+    def _update_only(problem, *, seed, time_limit, progress):
+        return BackendResult(pruned=np.arange(problem.n_prune))
+
+    try:
+        assert solve(prob, "update_only").objective == prob.objective(np.arange(2))
+        with pytest.raises(ValueError, match="does not handle objective='selection'"):
+            solve(prob.with_objective("selection"), "update_only")
+    finally:
+        solvers.unregister("update_only")
