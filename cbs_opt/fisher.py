@@ -395,7 +395,9 @@ def build_blocks(model: nn.Module, data, *, params: Sequence[str] | None = None,
             continue
         cols = np.concatenate([offsets[n] + ix for n, ix in parts])
         w = np.concatenate([flat_w[n][ix] for n, ix in parts])
-        Gb = G[:, cols]
+        # one block over everything: hand G itself to Problem (which copies it once) instead of a gather
+        whole = cols.size == G.shape[1] and bool(np.all(cols == np.arange(cols.size)))
+        Gb = G if whole else G[:, cols]
         slices, start = [], 0
         for n, ix in parts:
             slices.append(ParamSlice(n, ix, start))

@@ -179,3 +179,13 @@ def test_errors():
         prune(model, data, 0.5, solver="magnitude", attach="hooks")
     with pytest.raises(ValueError, match="'nope'"):
         prune(model, data, 0.5, solver="magnitude", params=["nope"])
+
+
+def test_dataloader_input_equals_tensor_pair():
+    model = tiny(4)
+    x, y = dataset(24)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
+    a = prune(model, loader, 0.5, solver="obs", n_samples=24, blocks="layer")
+    b = prune(model, (x, y), 0.5, solver="obs", n_samples=24, blocks="layer")
+    for n in a.masks:
+        assert torch.equal(a.masks[n], b.masks[n]) and torch.equal(a.weights[n], b.weights[n])
