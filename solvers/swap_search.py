@@ -268,8 +268,8 @@ def solve_iht(problem, *, seed: int, time_limit: float | None, progress: bool, i
     trivial = _trivial(problem)
     if trivial is not None:
         return trivial
+    form = LowRankForm.from_problem(problem, dev, dt)  # first: it refuses a singular F clearly
     pruned0 = _initial_pruned(problem, init, seed=seed, deadline=deadline, allowed=INITS)
-    form = LowRankForm.from_problem(problem, dev, dt)
     stats = SearchStats()
     with _bar(progress, "iht") as bar:
         result = hard_threshold_search(form, _kept_mask(pruned0, problem.p, dev), max_iter=max_iter,
@@ -315,9 +315,9 @@ def solve_update_swap(problem, *, seed: int, time_limit: float | None, progress:
     if trivial is not None:
         return trivial
     from_iht = isinstance(init, str) and init == "iht"
+    form = LowRankForm.from_problem(problem, dev, dt)  # first: it refuses a singular F clearly
     pruned0 = _initial_pruned(problem, "obs" if from_iht else init, seed=seed, deadline=deadline,
                               allowed=INITS + ("iht",))
-    form = LowRankForm.from_problem(problem, dev, dt)
     stats = SearchStats()
     kept = _kept_mask(pruned0, problem.p, dev)
     with _bar(progress, "update_swap") as bar:
