@@ -1,0 +1,227 @@
+"""The CBS problem as a Pyomo model: building, exporting, and solving it with an external MIQP engine.
+
+Formulations (DESIGN §1; ``w̃`` the Newton point, ``F = BᵀB + diag(d)`` from
+:func:`solvers.exact_core.diagonal_split`, so ``B = A = G/√N`` and ``d = λ`` when N < p):
+
+``"update"`` — MIQP, binaries ``z`` (1 = kept), ``Σz = p − m``::
+
+    min  s·[½‖r‖² + ½ Σ d_i (x_i − w̃_i)²] + c₀       r = B(x − w̃)   (one equality per row of B)
+         −M_i z_i ≤ x_i ≤ M_i z_i,  M_i = |w̃_i| + √(2·U·(F⁻¹)_ii)
+
+  ``U`` is the cost (without ``c₀``) of a feasible pruned set (OBS), so every optimal ``x`` satisfies
+  ``½(x−w̃)ᵀF(x−w̃) ≤ U`` and hence ``|x_i − w̃_i| ≤ √(2U(F⁻¹)_ii)``: the big-M is valid, not guessed.
+  ``s = 1/U`` scales the objective to O(1) (generic solvers stall on 1e-6-sized objectives); the model's
+  objective is reported in the problem's units by :func:`solve_with_engine`.
+
+``"selection"`` — binary QP over ``y`` (1 = pruned), ``Σy = m``, with ``Q = WFW`` and ``c = w∘ḡ``::
+
+    formulation "lowrank":  min s·[½‖r‖² + ½ Σ d_i w_i² y_i − cᵀy],   r = B(w∘y)      (y_i² = y_i)
+    formulation "dense":    min s·[½ yᵀQy − cᵀy]
+    formulation "milp":     min s·[½ Σ Q_ii y_i + Σ_{i<j} Q_ij u_ij − cᵀy]   (exact linearisation:
+                            u_ij ≥ y_i + y_j − 1 where Q_ij > 0, u_ij ≤ y_i, u_ij ≤ y_j where Q_ij < 0)
+
+Building is linear in the stored nonzeros: ``r = B(·)`` has ``rows(B)·p`` terms and no ``p²`` loop is run
+unless the dense or MILP formulation is asked for.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import BackendResult, SolverUnavailableError, Status
+from .exact_core import diagonal_split
+
+__all__ = ["build_model", "export_model", "solve_with_engine", "FORMULATIONS", "ENGINES",
+           "feasible_cost_scale"]
+
+FORMULATIONS = ("auto", "lowrank", "dense", "milp")
+# engine name → (Pyomo contrib.solver name, module it needs, install extra)
+ENGINES = {"gurobi": ("gurobi_persistent", "gurobipy", "pip install 'cbs-opt[gurobi]'"),
+           "scip": ("scip_direct", "pyscipopt", "pip install 'cbs-opt[scip]'")}
+
+
+def _pyo():
+    import pyomo.environ as pyo  # imported lazily: Pyomo's import is slow and most solvers never need it
+    return pyo
+
+
+def feasible_cost_scale(problem) -> float:
+    """A feasible cost ``U`` (without the update constant) used for the big-M and the objective scale.
+
+    The cost of the OBS pruned set (update) or of magnitude pruning (selection); falls back to 1 when that
+    cost is 0 (then every objective is 0 and any scale works).
+    """
+    from .magnitude import smallest
+    if problem.objective_kind == "update":
+        from .obs import obs_scores
+        try:
+            pruned = smallest(obs_scores(problem), problem.n_prune)
+        except ValueError:  # singular F: no OBS scores
+            pruned = smallest(np.abs(problem.effective_weights), problem.n_prune)
+        value = problem.update_cost(pruned) - problem.update_constant
+    else:
+        value = abs(problem.selection_cost(smallest(np.abs(problem.weights), problem.n_prune)))
+    return float(value) if value > 1e-300 else 1.0
+
+
+def _linear_rows(pyo, model, name, mat, var, shift):
+    """Constraints ``r_j = Σ_i mat[j,i] (var_i − shift_i)`` — one term per stored entry."""
+    rows, cols = mat.shape
+    model.add_component(f"{name}_index", pyo.RangeSet(0, rows - 1))
+    r = pyo.Var(model.component(f"{name}_index"), domain=pyo.Reals)
+    model.add_component(name, r)
+    const = mat @ shift
+
+    def rule(m, j):
+        nz = np.flatnonzero(mat[j])
+        return r[j] == pyo.quicksum(float(mat[j, i]) * var[int(i)] for i in nz) - float(const[j])
+    model.add_component(f"{name}_def", pyo.Constraint(model.component(f"{name}_index"), rule=rule))
+    return r
+
+
+def build_model(problem, formulation: str = "auto", *, scale: float | None = None):
+    """The CBS problem as a Pyomo ``ConcreteModel`` (module docstring for the formulations).
+
+    ``formulation``: "auto" (low-rank form), "lowrank", "dense" (``p²`` quadratic terms) or "milp"
+    (selection objective only). The model carries ``model.z`` (update: 1 = kept) or ``model.y`` (selection:
+    1 = pruned), ``model.cbs_scale`` (objective multiplier) and ``model.cbs_constant`` (added after unscaling).
+    """
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
+    if formulation == "milp" and problem.objective_kind != "selection":
+        raise ValueError("formulation='milp' (exact linearisation) exists only for objective='selection'; "
+                         "the update objective has continuous x and needs an MIQP")
+    pyo = _pyo()
+    p, k, m = problem.p, problem.n_keep, problem.n_prune
+    U = feasible_cost_scale(problem)
+    s = 1.0 / U if scale is None else float(scale)
+    B, d = diagonal_split(problem)
+    model = pyo.ConcreteModel(name=f"cbs_{problem.objective_kind}_p{p}_m{m}")
+    model.I = pyo.RangeSet(0, p - 1)
+    model.cbs_scale = s
+    if problem.objective_kind == "update":
+        w = problem.effective_weights
+        model.cbs_constant = float(problem.update_constant)
+        try:
+            inv_diag = problem.curvature.inverse_diagonal()
+        except ValueError as exc:
+            raise ValueError("the update MIQP needs F positive definite for valid big-M bounds "
+                             "(damping > 0, or N >= p with full-rank gradients)") from exc
+        big_m = np.abs(w) + np.sqrt(2.0 * U * np.clip(inv_diag, 0.0, None)) * (1.0 + 1e-9)
+        model.z = pyo.Var(model.I, domain=pyo.Binary)
+        model.x = pyo.Var(model.I, domain=pyo.Reals, bounds=lambda _, i: (-big_m[i], big_m[i]))
+        model.upper = pyo.Constraint(model.I, rule=lambda mm, i: mm.x[i] <= float(big_m[i]) * mm.z[i])
+        model.lower = pyo.Constraint(model.I, rule=lambda mm, i: -float(big_m[i]) * mm.z[i] <= mm.x[i])
+        model.budget = pyo.Constraint(expr=pyo.quicksum(model.z[i] for i in model.I) == k)
+        if formulation == "dense":
+            F = problem.curvature.dense()
+            dx = {i: model.x[i] - float(w[i]) for i in range(p)}
+            quad = pyo.quicksum(float(F[i, j]) * dx[i] * dx[j] for i in range(p) for j in range(p) if F[i, j])
+            model.obj = pyo.Objective(expr=0.5 * s * quad)
+        else:
+            terms = []
+            if B.shape[0]:
+                r = _linear_rows(pyo, model, "r", B, model.x, w)
+                terms.append(pyo.quicksum(r[j] * r[j] for j in range(B.shape[0])))
+            terms.append(pyo.quicksum(float(d[i]) * (model.x[i] - float(w[i])) ** 2 for i in range(p) if d[i]))
+            model.obj = pyo.Objective(expr=0.5 * s * pyo.quicksum(terms))
+        return model
+
+    # selection
+    w = problem.weights
+    c = np.zeros(p) if problem.gradient is None else w * problem.gradient
+    model.cbs_constant = 0.0
+    model.y = pyo.Var(model.I, domain=pyo.Binary)
+    model.budget = pyo.Constraint(expr=pyo.quicksum(model.y[i] for i in model.I) == m)
+    linear = pyo.quicksum(-float(c[i]) * model.y[i] for i in range(p) if c[i])
+    if formulation in ("auto", "lowrank"):
+        terms = [linear, pyo.quicksum(0.5 * float(d[i] * w[i] ** 2) * model.y[i] for i in range(p) if d[i] * w[i])]
+        if B.shape[0]:
+            Bw = B * w[None, :]
+            r = _linear_rows(pyo, model, "r", Bw, model.y, np.zeros(p))
+            terms.append(0.5 * pyo.quicksum(r[j] * r[j] for j in range(B.shape[0])))
+        model.obj = pyo.Objective(expr=s * pyo.quicksum(terms))
+        return model
+    Q = problem.curvature.dense() * w[:, None] * w[None, :]
+    if formulation == "dense":
+        quad = pyo.quicksum(float(Q[i, j]) * model.y[i] * model.y[j]
+                            for i in range(p) for j in range(p) if Q[i, j])
+        model.obj = pyo.Objective(expr=s * (0.5 * quad + linear))
+        return model
+    pairs = [(i, j) for i in range(p) for j in range(i + 1, p) if Q[i, j] != 0.0]
+    model.P = pyo.Set(initialize=pairs, dimen=2)
+    model.u = pyo.Var(model.P, bounds=(0.0, 1.0))
+    pos = [(i, j) for (i, j) in pairs if Q[i, j] > 0]
+    neg = [(i, j) for (i, j) in pairs if Q[i, j] < 0]
+    model.both = pyo.Constraint(pos, rule=lambda mm, i, j: mm.u[i, j] >= mm.y[i] + mm.y[j] - 1)
+    model.left = pyo.Constraint(neg, rule=lambda mm, i, j: mm.u[i, j] <= mm.y[i])
+    model.right = pyo.Constraint(neg, rule=lambda mm, i, j: mm.u[i, j] <= mm.y[j])
+    expr = pyo.quicksum(0.5 * float(Q[i, i]) * model.y[i] for i in range(p) if Q[i, i]) \
+        + pyo.quicksum(float(Q[i, j]) * model.u[i, j] for (i, j) in pairs) + linear
+    model.obj = pyo.Objective(expr=s * expr)
+    return model
+
+
+def export_model(problem, path: str | os.PathLike, formulation: str = "auto") -> Path:
+    """Write the Pyomo model to ``path``; the format follows the extension: ``.lp``, ``.mps`` or ``.nl``."""
+    path = Path(path)
+    fmt = {".lp": "lp", ".mps": "mps", ".nl": "nl"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"path must end in .lp, .mps or .nl, got {path.name!r}")
+    model = build_model(problem, formulation)
+    model.write(str(path), format=fmt, io_options={"symbolic_solver_labels": True})
+    return path
+
+
+def _engine(name: str):
+    if name not in ENGINES:
+        raise ValueError(f"engine must be one of {('highs',) + tuple(ENGINES)}, got {name!r}")
+    import importlib.util
+    solver_name, module, hint = ENGINES[name]
+    if importlib.util.find_spec(module) is None:
+        raise SolverUnavailableError(f"engine {name!r} needs {module}, which is not installed; "
+                                     f"install it with: {hint}")
+    from pyomo.contrib.solver.common.factory import SolverFactory
+    opt = SolverFactory(solver_name)
+    if not opt.available():
+        raise SolverUnavailableError(f"engine {name!r} ({solver_name}) is not usable here "
+                                     f"(licence or installation); {hint}")
+    return opt
+
+
+def solve_with_engine(problem, engine: str, *, time_limit: float | None, formulation: str = "auto",
+                      rel_gap: float = 1e-9, threads: int = 1, progress: bool = False) -> BackendResult:
+    """Solve the Pyomo model with ``engine`` ("gurobi" or "scip") through Pyomo's solver interfaces."""
+    from pyomo.contrib.solver.common.results import TerminationCondition
+    pyo = _pyo()
+    opt = _engine(engine)
+    model = build_model(problem, formulation)
+    kwargs = dict(rel_gap=rel_gap, abs_gap=0.0, threads=threads, tee=progress, load_solutions=False,
+                  raise_exception_on_nonoptimal_result=False)
+    if time_limit is not None:
+        kwargs["time_limit"] = float(time_limit)
+    if engine == "scip":
+        kwargs.pop("threads")  # SCIP solves on one thread
+    res = opt.solve(model, **kwargs)
+    info = {"engine": engine, "formulation": formulation, "termination": str(res.termination_condition)}
+    if res.incumbent_objective is None:
+        raise SolverUnavailableError(f"engine {engine!r} returned no solution ({res.termination_condition}); "
+                                     "the model may exceed its licence (Gurobi's pip licence: ~200 variables "
+                                     "for quadratic models)")
+    res.solution_loader.load_vars()
+    var = model.z if problem.objective_kind == "update" else model.y
+    values = np.array([pyo.value(var[i]) for i in range(problem.p)])
+    if problem.objective_kind == "update":
+        pruned = np.sort(np.argsort(values, kind="stable")[:problem.n_prune])
+    else:
+        pruned = np.sort(np.argsort(-values, kind="stable")[:problem.n_prune])
+    unscale = lambda v: None if v is None or not math.isfinite(v) else v / model.cbs_scale + model.cbs_constant  # noqa: E731
+    optimal = res.termination_condition == TerminationCondition.convergenceCriteriaSatisfied
+    status = Status.OPTIMAL if optimal else (
+        Status.TIME_LIMIT if res.termination_condition == TerminationCondition.maxTimeLimit else Status.FEASIBLE)
+    bound = unscale(res.objective_bound)
+    return BackendResult(pruned=pruned, status=status, bound=bound, objective=unscale(res.incumbent_objective),
+                         info=info)
