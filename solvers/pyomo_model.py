@@ -168,11 +168,11 @@ def build_model(problem, formulation: str = "auto", *, scale: float | None = Non
 def export_model(problem, path: str | os.PathLike, formulation: str = "auto") -> Path:
     """Write the Pyomo model to ``path``; the format follows the extension: ``.lp``, ``.mps`` or ``.nl``."""
     path = Path(path)
-    fmt = {".lp": "lp", ".mps": "mps", ".nl": "nl"}.get(path.suffix.lower())
-    if fmt is None:
+    if path.suffix.lower() not in (".lp", ".mps", ".nl"):
         raise ValueError(f"path must end in .lp, .mps or .nl, got {path.name!r}")
     model = build_model(problem, formulation)
-    model.write(str(path), format=fmt, io_options={"symbolic_solver_labels": True})
+    # Pyomo picks the writer from the extension; the LP/MPS writers add a fixed column for the constant.
+    model.write(str(path), io_options={"symbolic_solver_labels": True})
     return path
 
 

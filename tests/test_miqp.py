@@ -1,0 +1,156 @@
+"""miqp: proven optimal on every instance enumeration can check; engines agree; export parses."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cbs_opt import Problem
+from cbs_opt.instances import FAMILIES, random_problem
+from solvers import SolverUnavailableError, solve
+from solvers.exact_core import make_oracle
+from solvers.miqp import build_model, export_model
+
+REL = 1e-7
+
+
+def _close(a, b):
+    return abs(a - b) <= REL * max(abs(b), 1e-12)
+
+
+def _check_exact(prob, **options):
+    ref = solve(prob, "enumerate")
+    sol = solve(prob, "miqp", **options)
+    assert sol.status == "optimal", (prob, sol)
+    assert _close(sol.objective, ref.objective), (prob, sol.objective, ref.objective)
+    assert sol.bound <= sol.objective + 1e-9 * abs(sol.objective) + 1e-15
+    assert sol.bound <= ref.objective + 1e-9 * abs(ref.objective) + 1e-15
+    return sol, ref
+
+
+CASES = [(fam, obj, seed) for fam in FAMILIES for obj in ("update", "selection") for seed in range(6)]
+
+
+@pytest.mark.parametrize("family,objective,seed", CASES)
+def test_matches_enumeration(family, objective, seed):
+    rng = np.random.default_rng(seed)
+    p = int(rng.integers(6, 15))
+    sparsity = [0.25, 0.5, 0.75, 0.9][seed % 4]
+    prob = random_problem(p, seed=seed, family=family, objective=objective, sparsity=sparsity,
+                          gradient=seed % 2 == 1, n_samples=None if seed % 3 else 2 * p)
+    _check_exact(prob)
+
+
+@pytest.mark.parametrize("objective", ["update", "selection"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_larger_instance_p18(objective, dense):
+    _check_exact(random_problem(18, seed=3, objective=objective, sparsity=0.5, dense=dense))
+
+
+@pytest.mark.parametrize("n_prune", [0, 1, 11, 12])
+def test_degenerate_budgets(n_prune):
+    for objective in ("update", "selection"):
+        _check_exact(random_problem(12, n_prune=n_prune, seed=1, objective=objective, gradient=True))
+
+
+def test_singular_undamped_falls_back_to_monotone_bound():
+    rng = np.random.default_rng(0)
+    prob = Problem(rng.normal(size=10), rng.normal(size=(4, 10)), damping=0.0, n_prune=5)
+    sol, _ = _check_exact(prob)
+    assert sol.info["bound_kind"] == "monotone"
+
+
+def test_oracle_is_exact_on_binary_points_and_tangents_are_valid():
+    prob = random_problem(10, seed=4, family="cancelling", gradient=True)
+    oracle = make_oracle(prob)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        pruned = np.sort(rng.choice(10, 5, replace=False))
+        z = np.ones(10)
+        z[pruned] = 0
+        value, _ = oracle.cut(z)
+        assert _close(value + oracle.offset, prob.objective(pruned))
+        zf = rng.uniform(size=10)
+        vf, gf = oracle.cut(zf)
+        assert vf + gf @ (z - zf) <= value + 1e-12 * abs(value)
+
+
+def test_time_limit_is_honest():
+    prob = random_problem(40, seed=0, sparsity=0.75)
+    sol = solve(prob, "miqp", time_limit=0.5, root_relaxation=False)
+    assert sol.status in ("time_limit", "optimal")
+    assert sol.seconds < 5
+    assert sol.bound <= sol.objective + 1e-12
+    if sol.status == "time_limit":
+        assert sol.bound < sol.objective
+    node = solve(prob, "miqp", node_limit=3, root_relaxation=False)
+    assert node.status == "iteration_limit" and node.bound <= node.objective
+
+
+def test_bad_options():
+    prob = random_problem(6, seed=0)
+    with pytest.raises(ValueError, match="engine"):
+        solve(prob, "miqp", engine="cplex")
+    with pytest.raises(ValueError, match="rel_gap"):
+        solve(prob, "miqp", rel_gap=2.0)
+    with pytest.raises(ValueError, match="node_limit"):
+        solve(prob, "miqp", node_limit=0)
+    with pytest.raises(ValueError, match="formulation"):
+        build_model(prob, formulation="milp")
+
+
+def test_unavailable_engine_names_extra(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gurobipy" else real(name, *a))
+    with pytest.raises(SolverUnavailableError, match=r"cbs-opt\[gurobi\]"):
+        solve(random_problem(6, seed=0), "miqp", engine="gurobi")
+
+
+@pytest.mark.parametrize("engine", ["gurobi", "scip"])
+@pytest.mark.parametrize("objective,formulation", [("update", "auto"), ("update", "dense"),
+                                                   ("selection", "auto"), ("selection", "milp")])
+def test_engines_agree_with_highs(engine, objective, formulation):
+    pytest.importorskip({"gurobi": "gurobipy", "scip": "pyscipopt"}[engine])
+    for seed in range(2):
+        prob = random_problem(10, seed=seed, objective=objective, gradient=seed == 1)
+        ours = solve(prob, "miqp")
+        theirs = solve(prob, "miqp", engine=engine, formulation=formulation, time_limit=30)
+        assert theirs.status == "optimal"
+        # the engines solve the big-M model to their own tolerances (1e-6 feasibility)
+        assert abs(theirs.objective - ours.objective) <= 1e-6 * max(abs(ours.objective), 1e-9)
+        assert theirs.bound <= ours.objective + 1e-6 * abs(ours.objective)
+
+
+@pytest.mark.parametrize("suffix", [".lp", ".mps"])
+@pytest.mark.parametrize("objective", ["update", "selection"])
+def test_export_parses_in_highs(tmp_path, suffix, objective):
+    import highspy
+    prob = random_problem(8, n_samples=3, seed=2, objective=objective)
+    path = export_model(prob, tmp_path / f"model{suffix}")
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    assert h.readModel(str(path)) == highspy.HighsStatus.kOk
+    lp = h.getLp()
+    # update: x, z (p each) + r (N);  selection: y (p) + r (N)
+    expected = 2 * 8 + 3 if objective == "update" else 8 + 3
+    names = [n for n in lp.col_names_ if "ONE_VAR_CONSTANT" not in n]
+    assert len(names) == expected
+    assert sum(1 for t in lp.integrality_ if t == highspy.HighsVarType.kInteger) == 8
+
+
+def test_export_nl_and_bad_suffix(tmp_path):
+    prob = random_problem(6, seed=0, objective="selection")
+    path = export_model(prob, tmp_path / "m.nl", formulation="milp")
+    assert path.stat().st_size > 0
+    with pytest.raises(ValueError, match=r"\.lp"):
+        export_model(prob, tmp_path / "m.txt")
+
+
+def test_model_build_is_linear_in_nonzeros():
+    """The low-rank model has N·p coefficients in r = B(x − w̃), no p² objective terms."""
+    prob = random_problem(60, n_samples=5, seed=0)
+    model = build_model(prob)
+    from pyomo.repn import generate_standard_repn
+    repn = generate_standard_repn(model.obj.expr, compute_values=True)
+    assert len(repn.quadratic_vars) <= 5 + 60  # r_j² and the damping diagonal only
+    assert len(model.r_def) == 5
