@@ -34,7 +34,7 @@ def assert_zeros_are_masks(result):
         assert torch.equal(result.weights[name], params[name].detach())
 
 
-@pytest.mark.parametrize("solver", ["magnitude", "obs", "enumerate"])
+@pytest.mark.parametrize("solver", ["magnitude", "obs", "enumerate", "greedy_swap"])
 def test_zeros_are_exactly_the_masks_and_input_untouched(solver):
     model = tiny()
     before = state(model)
@@ -189,3 +189,15 @@ def test_dataloader_input_equals_tensor_pair():
     b = prune(model, (x, y), 0.5, solver="obs", n_samples=24, blocks="layer")
     for n in a.masks:
         assert torch.equal(a.masks[n], b.masks[n]) and torch.equal(a.weights[n], b.weights[n])
+
+
+def test_selection_objective_without_update_is_the_zeroed_optimum():
+    model = tiny(5)
+    x, y = dataset()
+    res = prune(model, (x, y), 0.5, solver="enumerate", objective="selection", update=False, n_samples=40)
+    (block,) = build_blocks(model, (x, y), n_samples=40, objective="selection")
+    ref = solvers.solve(block.problem.with_n_prune(9), solver="enumerate")
+    assert res.solutions[0].objective_kind == "selection"
+    np.testing.assert_array_equal(res.solutions[0].pruned, ref.pruned)
+    flat = torch.cat([res.weights["0.weight"].reshape(-1), res.weights["2.weight"].reshape(-1)]).double()
+    np.testing.assert_array_equal(flat.numpy(), block.problem.zeroed(ref.pruned).astype(np.float32))
