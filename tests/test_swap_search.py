@@ -116,8 +116,8 @@ def test_backends_beat_their_start_and_respect_enumerate(family, gradient):
         for init in ("magnitude", "obs", _random_pruned(prob, seed)):
             named = {"magnitude": np.abs(prob.weights), "obs": obs_scores(prob)}
             start = prob.update_cost(smallest(named[init], prob.n_prune) if isinstance(init, str) else init)
-            for name in ("iht", "update_swap"):
-                sol = solve(prob, name, seed=seed, init=init)
+            for name, extra in (("iht", {}), ("update_swap", {}), ("update_swap", {"iht_iter": 20})):
+                sol = solve(prob, name, seed=seed, init=init, **extra)
                 assert exact - tol <= sol.objective <= start + tol, (name, init)
                 assert sol.info["reported_objective"] == pytest.approx(sol.objective, rel=1e-8, abs=1e-10)
 
@@ -169,6 +169,15 @@ def test_iht_trace_is_monotone_and_both_scalings_work():
         assert all(b < a for a, b in zip(stats.trace, stats.trace[1:]))
         assert result.cost == pytest.approx(prob.update_cost(np.flatnonzero(~result.kept.numpy())), rel=1e-8)
         assert stats.iterations >= 1
+
+
+def test_default_start_is_greedy_swap_when_available():
+    prob = random_problem(40, 15, 25, family="cancelling", seed=16)
+    sol = solve(prob, "update_swap")
+    start = "greedy_swap" if "greedy_swap" in solvers.available() else "obs"
+    begin = solve(prob, start).objective
+    assert sol.info["start_objective"] == pytest.approx(begin, rel=1e-8)
+    assert sol.objective <= begin + 1e-12
 
 
 def test_float32_matches_float64():
@@ -253,6 +262,8 @@ def test_bad_iht_options_and_unknown_option():
         solve(prob, "iht", max_iter=-1)
     with pytest.raises(TypeError, match="rho"):
         solve(prob, "iht", rho=4)  # update_swap's option, not iht's
+    with pytest.raises(ValueError, match="init"):
+        solve(prob, "iht", init="auto")  # update_swap's start rule, not iht's
 
 
 def test_cuda_refused_clearly_without_a_gpu():
