@@ -251,7 +251,7 @@ def _status(stopped: str) -> Status:
 
 # -- backends -----------------------------------------------------------------------------------------
 @register("iht", description="CHITA-style hard-thresholding pursuit on the update objective "
-                             "(exact low-rank refits, torch CPU/CUDA)")
+                             "(exact low-rank refits, torch CPU/CUDA)", objectives=("update",))
 def solve_iht(problem, *, seed: int, time_limit: float | None, progress: bool, init="obs",
               max_iter: int = 100, scaling: str = "none", epsilon: float | None = None, device="cpu",
               dtype="float64") -> BackendResult:
@@ -286,7 +286,8 @@ def solve_iht(problem, *, seed: int, time_limit: float | None, progress: bool, i
 
 
 @register("update_swap", description="swap local search on the exact update objective (incremental "
-                                     "low-rank updates, IHT start, optional kicks; torch CPU/CUDA)")
+                                     "low-rank updates, IHT start, optional kicks; torch CPU/CUDA)",
+          objectives=("update",))
 def solve_update_swap(problem, *, seed: int, time_limit: float | None, progress: bool, init="auto",
                       rho: int = 64, epsilon: float | None = None, max_swaps: int = 100_000,
                       kicks: int = 0, kick_size: int = 2, refresh: int = 256, iht_iter: int = 0,
