@@ -220,24 +220,30 @@ def plot_objective_vs_sparsity(records, path: str | os.PathLike, *, objective_ki
         if key not in best_per or r.objective < best_per[key].objective:
             best_per[key] = r
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
-    ref_line, totals = [], defaultdict(dict)
+    ref_line, totals, partial = [], defaultdict(dict), set()
     for s in sparsities:
-        insts = {i for (sp, i, _) in best_per if sp == s}
-        common = [i for i in insts if all((s, i, n) in best_per for n in names)]
-        if not common:
+        insts = sorted({i for (sp, i, _) in best_per if sp == s})
+        # A solver enters the sum only where it ran on every instance (e.g. not a slow engine capped
+        # to the small blocks); those left out are named in the legend title.
+        complete = [n for n in names if all((s, i, n) in best_per for i in insts)]
+        partial |= set(names) - set(complete)
+        if not insts or not complete:
             continue
-        ref = sum(best_per[(s, i, names[0])].reference for i in common)
-        ref_line.append((s, ref, best_per[(s, common[0], names[0])].reference_kind))
-        for n in names:
-            totals[n][s] = sum(best_per[(s, i, n)].objective for i in common)
+        refs = {i: min(best_per[(s, i, n)].reference for n in names if (s, i, n) in best_per) for i in insts}
+        kinds = {best_per[(s, i, n)].reference_kind for i in insts for n in names if (s, i, n) in best_per}
+        ref_line.append((s, sum(refs.values()), "optimum" if kinds == {"optimum"} else "best_known"))
+        for n in complete:
+            totals[n][s] = sum(best_per[(s, i, n)].objective for i in insts)
     if not ref_line:
         plt.close(fig)
         return False
+    ref_at = {x: v for x, v, _ in ref_line}
     for n in names:
         xs = sorted(totals[n])
+        if not xs:
+            continue
         ax.plot(xs, [totals[n][x] for x in xs], label=n, lw=1.6, ms=5, alpha=0.9, **styles[n])
-        ax2.plot(xs, [totals[n][x] / ref for x, (_, ref, _) in zip(xs, ref_line)], label=n, lw=1.6, ms=5,
-                 alpha=0.9, **styles[n])
+        ax2.plot(xs, [totals[n][x] / ref_at[x] for x in xs], label=n, lw=1.6, ms=5, alpha=0.9, **styles[n])
     proven = all(k == "optimum" for *_, k in ref_line)
     ref_label = "proven optimum" if proven else "best known"
     ax.plot([x for x, *_ in ref_line], [v for _, v, _ in ref_line], color="black", lw=3, alpha=0.25,
@@ -245,7 +251,7 @@ def plot_objective_vs_sparsity(records, path: str | os.PathLike, *, objective_ki
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (fraction of weights pruned)")
     ax.set_ylabel(f"total '{kind}' objective (predicted loss increase)")
-    n_inst = len({i for (_, i, _) in best_per})
+    n_inst = len({i for (_, i, _) in best_per})  # noqa: F841 - shown in the title
     ax.set_title(f"Objective vs sparsity ({n_inst} blocks, summed)")
     ax.grid(True, which="both", alpha=0.3)
     ax2.axhline(1.0, color="black", lw=3, alpha=0.25, label=ref_label)
@@ -253,7 +259,9 @@ def plot_objective_vs_sparsity(records, path: str | os.PathLike, *, objective_ki
     ax2.set_ylabel(f"total objective / {ref_label}")
     ax2.set_title("Relative to the optimum (1 = optimal)")
     ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8, loc="upper left")
+    ax2.legend(fontsize=8, loc="upper left",
+               title=("not on every block: " + ", ".join(sorted(partial))) if partial else None,
+               title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -301,13 +309,21 @@ def plot_time_vs_size(records, path: str | os.PathLike) -> bool:
     """Median solve seconds per solver against block size ``p`` (log-log); → wrote?"""
     plt = _plt()
     records = [r for r in records if r.seconds is not None]
+    ladder = [r for r in records if r.family.endswith(LADDER_SUFFIX)]
+    if len({r.p for r in ladder}) >= 2:  # a size ladder cut from one block: the cleanest comparison
+        records = ladder
+    if not records:
+        return False
+    # At the sparsity nearest 1/2: the most pruned sets to choose from, the hardest case for exact search.
+    target = min({r.sparsity for r in records}, key=lambda s: (abs(s - 0.5), s))
+    records = [r for r in records if r.sparsity == target]
     sizes = sorted({r.p for r in records})
     if len(sizes) < 2:
         return False
     exact = {r.solver: r.exact for r in records}
     names = _solver_order(records)
     styles = solver_colors(names, exact)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     limits = sorted({r.time_limit for r in records if r.time_limit is not None})
     for n in names:
         xs, ys, hit = [], [], []
@@ -327,15 +343,16 @@ def plot_time_vs_size(records, path: str | os.PathLike) -> bool:
                    facecolors="none", edgecolors=st["color"], marker="o", s=80, lw=1.5, zorder=3)
     for t in limits:
         ax.axhline(t, color="red", lw=0.8, linestyle=":", alpha=0.7)
-        ax.text(sizes[0], t * 1.1, f"time limit {t:g} s", color="red", fontsize=8)
+        ax.text(sizes[-1], t * 1.12, f"time limit {t:g} s", color="red", fontsize=8, ha="right")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(sizes, [str(p) for p in sizes])
     ax.set_xlabel("block size p (weights)")
     ax.set_ylabel("median solve time (s)")
-    ax.set_title("Solve time vs block size (hollow circle = time limit hit)")
+    ax.set_title(f"Solve time vs block size at sparsity {target:g} (hollow circle = time limit hit)",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -28,6 +28,7 @@ each sparsity (through :func:`cbs_opt.prune.prune`) and measure its accuracy.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -81,13 +82,21 @@ class SolverSpec:
     """A registry backend plus its options, under a label (``"miqp[scip]"``).
 
     ``max_p`` skips instances with more than ``max_p`` weights (e.g. exhaustive enumeration on
-    blocks it would refuse); skipped runs produce no record.
+    blocks it would refuse); skipped runs produce no record. ``time_limit`` caps the study's time
+    limit for this solver alone (a slow engine in a quick study).
     """
 
     solver: str
     options: Mapping[str, Any] = field(default_factory=dict)
     label: str | None = None
     max_p: int | None = None
+    time_limit: float | None = None
+
+    def limit(self, study_limit: float | None) -> float | None:
+        """The time limit this solver runs under, given the study's."""
+        if self.time_limit is None:
+            return study_limit
+        return self.time_limit if study_limit is None else min(self.time_limit, study_limit)
 
     @property
     def name(self) -> str:
@@ -143,12 +152,15 @@ class Tolerances:
     """Cross-check tolerances: two values differ when ``|a − b| > rtol·max(|a|, |b|) + atol``.
 
     ``reported_rtol`` is looser because a backend's own objective comes from its solver's
-    continuous variables (feasibility tolerances), while the engine recomputes it exactly.
+    continuous variables (feasibility tolerances), while the engine recomputes it exactly: SCIP
+    through Pyomo was measured reporting values 3e-6 (relative) below the recomputed cost. A backend
+    that says it computed in float32 (``Solution.info["dtype"]``) is held to ``reported_rtol_float32``.
     """
 
     rtol: float = 1e-7
     atol: float = 1e-12
-    reported_rtol: float = 1e-6
+    reported_rtol: float = 1e-5
+    reported_rtol_float32: float = 1e-4
 
     def above(self, a: float, b: float, rtol: float | None = None) -> bool:
         """``a`` exceeds ``b`` by more than the tolerance."""
@@ -164,7 +176,8 @@ class NetworkStudy:
     """Prune a whole network with each solver at each sparsity and measure it.
 
     ``make_model`` builds a fresh trained model (picklable: a top-level function or a
-    ``functools.partial``), ``data`` is the ``(inputs, targets)`` the Fisher is estimated on,
+    ``functools.partial``), ``data`` is the ``(inputs, targets)`` the Fisher is estimated on, or a
+    picklable function returning them (so that no tensor has to travel to the workers),
     ``evaluate(model) → float`` scores the pruned model (accuracy). ``prune_options`` go to
     :func:`cbs_opt.prune.prune` (``blocks``, ``n_samples``, ``damping``, ``objective``, …).
     """
@@ -379,6 +392,7 @@ class Record:
     seconds: float | None = None
     wall_seconds: float | None = None
     peak_memory_mb: float | None = None
+    precision: str = ""
     valid: bool = True
     flags: str = ""
     error: str = ""
@@ -496,22 +510,54 @@ def _execute(task: _Task, problem: Problem) -> Record:
     rec.reported_objective = sol.info.get("reported_objective")
     rec.bound_gap = sol.gap
     rec.seconds = sol.seconds
+    rec.precision = _precision(sol)
     return rec
 
 
-def _limit_threads() -> None:
-    """Process-pool initializer: one BLAS/torch thread per worker (the pool is the parallelism)."""
-    os.environ["OMP_NUM_THREADS"] = "1"
+def _precision(sol) -> str:
+    """The floating-point type a backend says it computed in (``info["dtype"]``), e.g. ``"float32"``."""
+    dtype = sol.info.get("dtype")
+    return str(dtype).replace("torch.", "") if dtype is not None else ""
+
+
+def _limit_threads(n: int | None) -> None:
+    """Process-pool initializer: ``n`` BLAS/torch threads per worker (the pool is the parallelism)."""
+    if n is None:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(n)
     try:
         from threadpoolctl import threadpool_limits
-        threadpool_limits(1)
+        threadpool_limits(n)
     except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
         pass
+    import torch
+    torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def _thread_limits(n: int | None):
+    """``n`` BLAS/torch threads inside the block, restored afterwards (for runs in this process).
+
+    Small solves on many threads lose badly to thread start-up and, on a busy machine, to
+    oversubscription (measured 10–50× slower on a loaded 2-core box), so studies default to one.
+    """
+    if n is None:
+        yield
+        return
+    import torch
+    before = torch.get_num_threads()
     try:
-        import torch
-        torch.set_num_threads(1)
+        from threadpoolctl import threadpool_limits
+        limiter = threadpool_limits(n)
     except ImportError:  # pragma: no cover
-        pass
+        limiter = None
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if limiter is not None:
+            limiter.restore_original_limits()
 
 
 class _InlineFuture:
@@ -567,7 +613,7 @@ def _tasks(study: Study, registry_exact: Mapping[str, bool]) -> list[tuple[_Task
                             for seed in study.seeds:
                                 task = _Task(len(tasks), inst.name, inst.family, float(sparsity), kind,
                                              base.damping, spec, registry_exact[spec.solver], int(seed),
-                                             time_limit, study.measure_memory)
+                                             spec.limit(time_limit), study.measure_memory)
                                 tasks.append((task, prob))
     return tasks
 
@@ -584,32 +630,31 @@ def _network_run(net: NetworkStudy, spec: SolverSpec, sparsity: float, seed: int
     rec.dense_value = float(net.evaluate(model))
     start = time.perf_counter()
     try:
-        options = dict(spec.options)
-        if net.time_limit is not None:  # per block
-            options["time_limit"] = net.time_limit
-        result = prune(model, net.data, float(sparsity), solver=spec.solver, seed=int(seed),
-                       solver_options=options, **dict(net.prune_options))
+        data = net.data() if callable(net.data) else net.data
+        result = prune(model, data, float(sparsity), solver=spec.solver, seed=int(seed),
+                       solver_options=dict(spec.options), time_limit=spec.limit(net.time_limit),
+                       **dict(net.prune_options))
     except Exception as exc:
         rec.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         rec.valid, rec.flags = False, "error"
         return rec, []
     rec.seconds = time.perf_counter() - start
     rec.value = float(net.evaluate(result.model))
-    sols = list(result.solutions.items()) if isinstance(result.solutions, Mapping) else \
-        [(str(i), s) for i, s in enumerate(result.solutions)]
-    rec.n_blocks = len(sols)
-    rec.total_objective = float(sum(s.objective for _, s in sols))
+    rec.n_blocks = len(result.solutions)
+    rec.total_objective = float(sum(s.objective for s in result.solutions))
     counts: dict[str, int] = defaultdict(int)
     block_records = []
-    for name, sol in sols:
+    for block, sol in zip(result.blocks, result.solutions):
         counts[str(sol.status)] += 1
+        prob = block.problem
         block_records.append(Record(
-            run_id=-1, instance=f"{net.name}/{name}", family=net.name, p=int(sol.mask.size), N=None,
-            m=int(sol.pruned.size), sparsity=float(sparsity), damping=float(net.prune_options.get("damping", 1e-3)),
+            run_id=-1, instance=f"{net.name}/{_block_label(block)}", family=net.name, p=prob.p,
+            N=prob.n_samples, m=int(sol.pruned.size), sparsity=float(sparsity), damping=prob.damping,
             objective_kind=sol.objective_kind, solver=spec.name, backend=spec.solver, engine=spec.engine,
             options=json.dumps(dict(spec.options), sort_keys=True), exact=exact, seed=int(seed),
             time_limit=net.time_limit, status=str(sol.status), objective=float(sol.objective), bound=sol.bound,
-            reported_objective=sol.info.get("reported_objective"), bound_gap=sol.gap, seconds=sol.seconds))
+            reported_objective=sol.info.get("reported_objective"), bound_gap=sol.gap, seconds=sol.seconds,
+            precision=_precision(sol)))
     rec.statuses = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     return rec, block_records
 
@@ -677,20 +722,23 @@ def _clean_floats(records: Iterable[Record]) -> None:
 
 
 def run_study(study: Study, *, executor: Executor | Any | None = None, jobs: int | None = None,
-              progress: bool = False) -> StudyResult:
+              progress: bool = False, threads: int | None = 1) -> StudyResult:
     """Run every cell of ``study`` and cross-check the results → :class:`StudyResult`.
 
     ``executor``: anything with ``submit(fn, *args)`` returning a future with ``result()``
     (``ProcessPoolExecutor``, ``ThreadPoolExecutor``, a Dask ``Client``). Without one, ``jobs``
     worker processes are used (default: the CPU count); ``jobs=1`` runs in this process.
     Backends registered at run time reach process-pool workers only with the ``fork`` start
-    method (Linux); use ``jobs=1`` or a thread pool for those.
+    method (Linux); use ``jobs=1`` or a thread pool for those. ``threads``: BLAS/torch threads per
+    run in the default pool or in this process (``None``: leave the libraries' defaults).
     """
     from solvers import backends
 
     study.check()
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
     registry = backends()
     exact = {name: info.exact for name, info in registry.items()}
     tasks = _tasks(study, exact)
@@ -699,14 +747,15 @@ def run_study(study: Study, *, executor: Executor | Any | None = None, jobs: int
         net = study.network
         net_cells = [(spec, s, seed) for spec in net.solvers for s in net.sparsities for seed in net.seeds]
 
-    own_pool = None
+    own_pool, inline = None, False
     if executor is None:
         n_work = len(tasks) + len(net_cells)
         jobs = jobs if jobs is not None else (os.cpu_count() or 1)
         if jobs == 1 or n_work <= 1:
-            executor = _InlineExecutor()
+            executor, inline = _InlineExecutor(), True
         else:
-            executor = own_pool = ProcessPoolExecutor(max_workers=min(jobs, n_work), initializer=_limit_threads)
+            executor = own_pool = ProcessPoolExecutor(max_workers=min(jobs, n_work), initializer=_limit_threads,
+                                                      initargs=(threads,))
 
     bar = None
     if progress:
@@ -714,12 +763,13 @@ def run_study(study: Study, *, executor: Executor | Any | None = None, jobs: int
         bar = tqdm(total=len(tasks) + len(net_cells), desc=study.title, unit="run")
     start = time.perf_counter()
     try:
-        # Network cells are the long ones: submit them first so they overlap the many small runs.
-        net_futures = [executor.submit(_network_run, study.network, spec, s, seed, exact[spec.solver])
-                       for spec, s, seed in net_cells]
-        futures = [executor.submit(_execute, task, prob) for task, prob in tasks]
-        net_results = _gather(net_futures, bar)
-        records = _gather(futures, bar)
+        with _thread_limits(threads) if inline else contextlib.nullcontext():
+            # Network cells are the long ones: submit them first so they overlap the many small runs.
+            net_futures = [executor.submit(_network_run, study.network, spec, s, seed, exact[spec.solver])
+                           for spec, s, seed in net_cells]
+            futures = [executor.submit(_execute, task, prob) for task, prob in tasks]
+            net_results = _gather(net_futures, bar)
+            records = _gather(futures, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -772,8 +822,8 @@ def validate(records: Sequence[Record], tol: Tolerances = Tolerances()) -> list[
     for group in groups.values():
         done = [r for r in group if r.objective is not None]
         for r in done:
-            if r.reported_objective is not None and tol.differ(r.reported_objective, r.objective,
-                                                               tol.reported_rtol):
+            rtol = tol.reported_rtol_float32 if r.precision == "float32" else tol.reported_rtol
+            if r.reported_objective is not None and tol.differ(r.reported_objective, r.objective, rtol):
                 fail(r, "reported_objective_mismatch",
                      f"backend reported {r.reported_objective:.10g}, recomputed objective is {r.objective:.10g}")
         if not done:
@@ -801,43 +851,112 @@ def validate(records: Sequence[Record], tol: Tolerances = Tolerances()) -> list[
 # ---------------------------------------------------------------------------------------------
 # The embedded default and spec files
 # ---------------------------------------------------------------------------------------------
-def default_solver_specs(*, exact_max_p: int | None = None) -> list[SolverSpec]:
-    """Every backend available here (one spec per engine for backends with an ``engine`` option)."""
+def default_solver_specs(*, probe: bool = True) -> list[SolverSpec]:
+    """Every backend available here, one spec per usable engine for backends with an ``engine`` option.
+
+    ``probe`` solves a 6-weight problem with each engine first and leaves out those that fail here
+    (a solver whose licence is missing, say). Engines in :data:`OPT_IN` are left out (too slow for a
+    default); enumeration gets a ``max_p``.
+    """
     from solvers import backends
 
     specs = []
     for name, info in backends().items():
         if not info.is_available():
             continue
-        engines = _engines(name)
-        max_p = _default_max_p(name)
+        engines = [e for e in engines_of(name, probe=False) if (name, e) not in OPT_IN]
+        if probe:
+            engines = [e for e in engines if probe_engine(name, e) is None]
         if engines:
-            specs += [SolverSpec(name, {"engine": e}, max_p=max_p) for e in engines]
+            specs += [SolverSpec(name, {"engine": e}, **_SLOW.get((name, e), {})) for e in engines]
         else:
-            specs.append(SolverSpec(name, max_p=max_p))
+            specs.append(SolverSpec(name, **_SLOW.get((name, None), {})))
     return specs
 
 
-def _default_max_p(name: str) -> int | None:
-    # Exhaustive enumeration refuses beyond ~3e6 subsets: C(24, 12) ≈ 2.7e6 is its ceiling.
-    return 24 if name == "enumerate" else None
+# Exhaustive enumeration refuses beyond ~3e6 subsets: C(24, 12) ≈ 2.7e6 is its ceiling.
+_SLOW = {("enumerate", None): {"max_p": 24}}
+# Left out of the default study (ask for them with SolverSpec / --solver miqp:engine=scip): SCIP on the
+# MIQP needed more than 20 s for a 16-weight digits block at half sparsity (HiGHS B&B: 0.07 s), and it
+# hung once inside a forked worker (Pyomo's output capture blocked on a pipe).
+OPT_IN = {("miqp", "scip")}
 
 
-def _engines(name: str) -> list[str]:
-    """Engines of a backend that exposes ``available_engines()`` in its module, else []."""
+def engines_of(name: str, *, probe: bool = False) -> list[str]:
+    """Engines of backend ``name`` usable here: the default of its ``engine`` option plus the keys of
+    its module's ``ENGINES`` table whose module is importable; ``probe`` also test-solves each one."""
+    import importlib.util
+    import inspect
+
     from solvers import backends
 
     info = backends()[name]
-    if "engine" not in info.options():
+    params = inspect.signature(info.func).parameters
+    if "engine" not in params:
         return []
+    engines = []
+    if isinstance(params["engine"].default, str):
+        engines.append(params["engine"].default)
     module = __import__(info.func.__module__, fromlist=["_"])
-    lister = getattr(module, "available_engines", None)
-    return list(lister()) if callable(lister) else []
+    table = getattr(module, "ENGINES", {}) or {}
+    for key, value in dict(table).items():
+        needs = value[1] if isinstance(value, tuple) and len(value) > 1 else None
+        if key not in engines and (needs is None or importlib.util.find_spec(needs) is not None):
+            engines.append(key)
+    if probe:
+        engines = [e for e in engines if probe_engine(name, e) is None]
+    return engines
+
+
+@functools.lru_cache(maxsize=None)
+def probe_engine(name: str, engine: str) -> str | None:
+    """``None`` when ``name`` with ``engine`` solves a tiny problem here, else the reason it cannot."""
+    import contextlib as _cl
+    import io
+
+    import solvers
+
+    from .instances import random_problem
+
+    try:
+        with _cl.redirect_stdout(io.StringIO()), _silence_fd(1):  # engines print banners, some from C
+            solvers.solve(random_problem(6, 4, 3, seed=0), name, engine=engine, time_limit=10)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+    return None
+
+
+@contextlib.contextmanager
+def _silence_fd(fd: int):
+    """Send what native code writes to file descriptor ``fd`` to /dev/null for the block."""
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        import sys
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # pragma: no cover
+                pass
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def _digits_model_only(hidden: int = 16, seed: int = 0):
     from .digits import digits_model
     return digits_model(hidden=hidden, seed=seed)[0]
+
+
+def _digits_train(seed: int = 0):
+    from .digits import digits_model
+    return digits_model(seed=seed)[1].train
 
 
 def _digits_evaluate(model, seed: int = 0) -> float:
@@ -851,14 +970,11 @@ def digits_network_study(solvers: Sequence[SolverSpec], sparsities: Sequence[flo
                          objective: str = "update", seed: int = 0,
                          time_limit: float | None = None) -> NetworkStudy:
     """Prune the embedded digits MLP with each solver at each sparsity; metric = test accuracy."""
-    from .digits import digits_model
-
-    data = digits_model(seed=seed)[1]
     return NetworkStudy(name="digits", make_model=functools.partial(_digits_model_only, 16, seed),
-                        data=data.train, evaluate=functools.partial(_digits_evaluate, seed=seed),
+                        data=functools.partial(_digits_train, seed), evaluate=functools.partial(_digits_evaluate, seed=seed),
                         solvers=list(solvers), sparsities=tuple(sparsities), seeds=(seed,), time_limit=time_limit,
                         prune_options={"blocks": block_size, "n_samples": n_samples, "damping": damping,
-                                       "objective": objective})
+                                       "objective": objective, "allocation": "uniform"})
 
 
 def default_study(*, quick: bool = False, time_limit: float | None = 20.0, seed: int = 0,
@@ -871,9 +987,10 @@ def default_study(*, quick: bool = False, time_limit: float | None = 20.0, seed:
     specs = list(solvers) if solvers is not None else default_solver_specs()
     blocks = digits_instances(max_blocks=4 if quick else 12, seed=seed)
     rows = digits_instances(block_size=64, max_blocks=1, seed=seed)  # one whole fc1 row: 64 weights
-    ladder = sliced_instances(rows[0], (8, 12) if quick else (8, 12, 16, 20, 24, 32))
-    for inst in ladder:
-        object.__setattr__(inst, "family", "digits-ladder")
+    # Weights 16..48 of the row: the centre of the image (its border pixels are constant, their
+    # Fisher columns zero), cut into a ladder of sizes for the time-vs-size plot.
+    ladder = [dataclasses.replace(inst, family="digits-ladder")
+              for inst in sliced_instances(rows[0], (8, 12) if quick else (8, 12, 16, 20, 24, 32), start=16)]
     sparsities = (0.5, 0.75) if quick else (0.25, 0.5, 0.75, 0.9)
     net_specs = [s for s in specs if s.solver != "miqp"] if not quick else \
         [s for s in specs if s.solver in ("magnitude", "obs", "greedy_swap", "enumerate")]
@@ -919,11 +1036,12 @@ def study_from_dict(spec: Mapping[str, Any], *, base_dir: str | os.PathLike = ".
         network = digits_network_study(net_solvers, tuple(net.pop("sparsities", (0.3, 0.5, 0.7, 0.8, 0.9))),
                                        seed=seed, **net)
     allowed = {"title", "sparsities", "objectives", "dampings", "time_limits", "seeds", "seed",
-               "measure_memory", "rtol", "atol", "reported_rtol"}
+               "measure_memory", "rtol", "atol", "reported_rtol", "reported_rtol_float32"}
     extra = set(settings) - allowed
     if extra:
         raise ValueError(f"unknown [study] key(s): {', '.join(sorted(extra))}")
-    tol = Tolerances(**{k: float(settings[k]) for k in ("rtol", "atol", "reported_rtol") if k in settings})
+    tol = Tolerances(**{k: float(settings[k]) for k in ("rtol", "atol", "reported_rtol", "reported_rtol_float32")
+                        if k in settings})
     kwargs = {k: tuple(settings[k]) for k in ("sparsities", "objectives", "dampings", "time_limits", "seeds")
               if k in settings}
     return Study(instances=instances, solvers=solver_specs, tolerances=tol, network=network,

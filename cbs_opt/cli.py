@@ -1,0 +1,598 @@
+"""The ``cbs-opt`` command.
+
+    cbs-opt study --out report                 # the embedded default: digits MLP, every solver, report + plots
+    cbs-opt study --spec study.toml --jobs 8   # a study from a TOML spec
+    cbs-opt solve block.npz --solver miqp --time-limit 60
+    cbs-opt prune --model digits --sparsity 0.8 --out pruned/
+    cbs-opt prune --model mlpnet --checkpoint mlpnet.pt --data mnist/ --sparsity 0.9 --blocks row
+    cbs-opt solvers
+
+Exit status: 0 success; 1 the study ran but a cross-check failed or a run raised; 2 bad input
+(reported as one line ``cbs-opt: error: …``; ``--debug`` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser", "UserError", "MODELS"]
+
+PROG = "cbs-opt"
+
+
+class UserError(Exception):
+    """Bad input from the command line: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``cbs-opt: error: …``) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument helpers
+# ---------------------------------------------------------------------------------------------
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1] (a fraction of the weights), got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _options(items: Sequence[str] | None) -> dict[str, Any]:
+    from .study import _parse_value
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--option expects key=value, got {item!r}")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _blocks(text: str):
+    if text in ("model", "layer", "row"):
+        return text
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--blocks must be model, layer, row or a chunk size, got {text!r}") \
+            from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"--blocks chunk size must be positive, got {size}")
+    return size
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def _say(args, text: str = "") -> None:
+    if not getattr(args, "quiet", False):
+        print(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models the `prune` subcommand knows (architecture + data loader + metric)
+# ---------------------------------------------------------------------------------------------
+def _default_data_dir() -> Path:
+    """``$CBS_OPT_DATA`` or ``<repo root>/../shared/data`` (the reference data of a checkout)."""
+    env = os.environ.get("CBS_OPT_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _read_idx(path: Path):
+    import numpy as np
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 8:
+        raise UserError(f"{path} is not an IDX file")
+    magic, = struct.unpack(">I", raw[:4])
+    if magic not in (2049, 2051):
+        raise UserError(f"{path} is not an MNIST IDX file (magic {magic})")
+    ndim = magic & 0xFF
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    for candidate in (directory / f"{stem}.gz", directory / stem, directory / "mnist" / f"{stem}.gz",
+                      directory / "mnist" / stem):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"MNIST file {stem}[.gz] not found in {directory}")
+
+
+def _load_mnist(directory: Path, split: str):
+    import torch
+
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = _read_idx(_find_idx(directory, f"{prefix}-images-idx3-ubyte")).reshape(-1, 784)
+    labels = _read_idx(_find_idx(directory, f"{prefix}-labels-idx1-ubyte"))
+    x = (torch.tensor(images, dtype=torch.float32) / 255.0 - 0.1307) / 0.3081
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def _mlpnet():
+    import torch
+    from torch import nn
+
+    class MLPNet(nn.Module):
+        """784 → 40 → 20 → 10, ReLU, no biases (the CBS / WoodFisher MNIST benchmark network)."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(784, 40, bias=False)
+            self.fc2 = nn.Linear(40, 20, bias=False)
+            self.fc3 = nn.Linear(20, 10, bias=False)
+
+        def forward(self, x):
+            x = x.reshape(x.shape[0], -1)
+            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+    return MLPNet()
+
+
+def _digits_setup(checkpoint: Path | None, data_dir: Path | None, seed: int):
+    from .digits import DigitsMLP, digits_model
+
+    model, data = digits_model(seed=seed)
+    if checkpoint is not None:
+        state = _load_state(checkpoint)
+        hidden = state.get("fc1.weight").shape[0] if "fc1.weight" in state else 16
+        model = DigitsMLP(int(hidden))
+        _load_into(model, state, checkpoint)
+    return model, data.train, data.test
+
+
+def _mlpnet_setup(checkpoint: Path | None, data_dir: Path | None, seed: int):
+    if checkpoint is None:
+        raise UserError("--model mlpnet needs --checkpoint (a state dict .pt of the 784-40-20-10 MLPNet)")
+    model = _mlpnet()
+    _load_into(model, _load_state(checkpoint), checkpoint)
+    directory = data_dir or _default_data_dir() / "mnist"
+    if not directory.exists():
+        raise FileNotFoundError(f"MNIST data directory not found: {directory} (pass --data or set CBS_OPT_DATA)")
+    return model.eval(), _load_mnist(directory, "train"), _load_mnist(directory, "test")
+
+
+MODELS = {
+    "digits": ("64-16-10 MLP on scikit-learn's 8x8 digits (built in; trained on the fly without --checkpoint)",
+               _digits_setup),
+    "mlpnet": ("784-40-20-10 MLPNet on MNIST IDX files (--checkpoint required, --data: the IDX folder)",
+               _mlpnet_setup),
+}
+
+
+def _load_state(path: Path) -> dict:
+    import torch
+
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} is not a state dict")
+    return state
+
+
+def _load_into(model, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise UserError(f"checkpoint {path} does not fit the architecture: {first}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+def _solver_specs(args):
+    from .study import parse_solver_spec
+
+    return [parse_solver_spec(s) for s in args.solver] if args.solver else None
+
+
+def cmd_study(args) -> int:
+    from . import study as st
+    from .report import accuracy_table, failure_lines, markdown_table, solver_summary, write_report
+
+    specs = _solver_specs(args)
+    if args.spec:
+        import tomllib
+
+        path = Path(args.spec)
+        if not path.exists():
+            raise FileNotFoundError(f"study spec not found: {path}")
+        try:
+            spec = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path} is not valid TOML: {exc}") from None
+        study = st.study_from_dict(spec, base_dir=path.parent)
+        if specs:
+            study.solvers = specs
+    elif args.family or args.problem:
+        instances = []
+        if args.family:
+            instances += st.generated_instances(args.family, args.size or (12,), args.n_samples,
+                                                seeds=args.instance_seed or (0,), damping=args.damping or 1e-3)
+        if args.problem:
+            instances += st.file_instances(args.problem)
+        study = st.Study(instances, specs or st.default_solver_specs(), title="cbs-opt study")
+    else:
+        _say(args, "Embedded default study: Fisher blocks of a 64-16-10 MLP trained on scikit-learn's digits.")
+        study = st.default_study(quick=args.quick, seed=args.seed or 0, solvers=specs,
+                                 time_limit=args.time_limit or 20.0)
+        if args.no_network:
+            study.network = None
+    if args.sparsity:
+        study.sparsities = tuple(args.sparsity)
+    if args.objective:
+        study.objectives = tuple(args.objective)
+    if args.time_limit is not None:
+        study.time_limits = (args.time_limit,)
+        if study.network is not None:
+            study.network.time_limit = args.time_limit
+    if args.seed is not None:
+        study.seeds = (args.seed,)
+    if args.no_memory:
+        study.measure_memory = False
+    if args.no_network:
+        study.network = None
+
+    result = st.run_study(study, jobs=args.jobs, progress=_progress(args))
+    _say(args, markdown_table(*solver_summary(result.records)))
+    if result.network:
+        _say(args)
+        _say(args, markdown_table(*accuracy_table(result.network)))
+    if args.out:
+        command = "cbs-opt " + " ".join(args.argv)
+        paths = write_report(result, args.out, command=command)
+        _say(args, f"\nwrote {', '.join(sorted(p.name for p in paths.values()))} to {args.out}/")
+    if not result.ok:
+        for line in failure_lines(result)[:20]:
+            print(f"  {line}", file=sys.stderr)
+        print(f"{PROG}: error: study failed validation: {len(result.failures)} failed cross-check(s), "
+              f"{len(result.errors)} failed run(s)" + (f" (see {args.out}/report.md)" if args.out else ""),
+              file=sys.stderr)
+        return 1
+    _say(args, f"validation passed: {len(result.records)} runs cross-checked in {result.meta['seconds']:.1f} s")
+    return 0
+
+
+def cmd_solve(args) -> int:
+    import numpy as np
+    import solvers
+
+    from .problem import Problem
+    from .study import Tolerances, _precision
+
+    path = Path(args.problem)
+    problem = Problem.load(path)
+    if args.objective:
+        problem = problem.with_objective(args.objective)
+    if args.n_prune is not None and args.sparsity is not None:
+        raise UserError("give --n-prune or --sparsity, not both")
+    if args.sparsity is not None:
+        problem = problem.with_n_prune(int(round(args.sparsity * problem.p)))
+    elif args.n_prune is not None:
+        if not 0 <= args.n_prune <= problem.p:
+            raise UserError(f"--n-prune must be in [0, {problem.p}] for this problem (p={problem.p}), "
+                            f"got {args.n_prune}")
+        problem = problem.with_n_prune(args.n_prune)
+    _say(args, f"{path.name}: {problem!r}")
+    sol = solvers.solve(problem, args.solver, time_limit=args.time_limit, seed=args.seed or 0,
+                        progress=_progress(args), **_options(args.option))
+    print(sol.summary())
+    reported = sol.info.get("reported_objective")
+    tol = Tolerances()
+    rtol = tol.reported_rtol_float32 if _precision(sol) == "float32" else tol.reported_rtol
+    if reported is not None and tol.differ(reported, sol.objective, rtol):
+        print(f"{PROG}: error: solver {args.solver!r} reported objective {reported:.10g} but the pruned set "
+              f"costs {sol.objective:.10g}", file=sys.stderr)
+        return 1
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, pruned=sol.pruned, mask=sol.mask, weights=sol.weights,
+                            objective=np.float64(sol.objective), status=np.str_(sol.status.value),
+                            solver=np.str_(sol.solver))
+        _say(args, f"wrote {out}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    import torch
+
+    from .prune import prune
+
+    if args.model not in MODELS:
+        raise UserError(f"unknown --model {args.model!r}; known: {', '.join(MODELS)}")
+    setup = MODELS[args.model][1]
+    model, train, test = setup(Path(args.checkpoint) if args.checkpoint else None,
+                               Path(args.data) if args.data else None, args.seed or 0)
+
+    def accuracy(net) -> float:
+        with torch.no_grad():
+            return float((net(test[0]).argmax(1) == test[1]).float().mean())
+
+    dense = accuracy(model)
+    options = _options(args.option)
+    if args.time_limit is not None:
+        options["time_limit"] = args.time_limit
+    start = time.perf_counter()
+    result = prune(model, train, args.sparsity, solver=args.solver, objective=args.objective,
+                   n_samples=args.n_samples, damping=args.damping, blocks=args.blocks, seed=args.seed or 0,
+                   stages=args.stages, solver_options=options, progress=_progress(args))
+    seconds = time.perf_counter() - start
+    pruned_acc = accuracy(result.model)
+
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    masks = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(v))
+             for k, v in result.masks.items()}
+    total = sum(int(m.numel()) for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    solutions = list(result.solutions.values()) if isinstance(result.solutions, dict) else list(result.solutions)
+    objective = sum(s.objective for s in solutions)
+    lines = [f"# Pruned {args.model}", "",
+             f"Command: `cbs-opt {' '.join(args.argv)}`", "",
+             "| quantity | value |", "| --- | --- |",
+             f"| solver | {args.solver} |", f"| objective | {args.objective} |",
+             f"| blocks | {args.blocks} ({len(solutions)} solved) |",
+             f"| sparsity | {1 - kept / total:.4f} ({total - kept:,} of {total:,} weights pruned) |",
+             f"| total model objective | {objective:.6g} |",
+             f"| test accuracy | {100 * dense:.2f}% dense → {100 * pruned_acc:.2f}% pruned |",
+             f"| seconds | {seconds:.2f} |", "",
+             "| parameter | weights | kept | sparsity |", "| --- | --- | --- | --- |"]
+    for name, m in masks.items():
+        lines.append(f"| {name} | {m.numel():,} | {int(m.sum()):,} | {1 - float(m.float().mean()):.4f} |")
+    report = "\n".join(lines) + "\n"
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(state, out / "pruned.pt")
+        torch.save(masks, out / "masks.pt")
+        (out / "prune_report.md").write_text(report)
+        (out / "prune_summary.json").write_text(json.dumps(
+            {"model": args.model, "solver": args.solver, "sparsity": 1 - kept / total,
+             "dense_accuracy": dense, "pruned_accuracy": pruned_acc, "objective": objective,
+             "blocks": len(solutions), "seconds": seconds}, indent=1))
+    if not args.quiet:
+        print(report)
+        if args.out:
+            print(f"wrote pruned.pt, masks.pt, prune_report.md, prune_summary.json to {args.out}/")
+    else:
+        print(f"{args.model}: sparsity {1 - kept / total:.4f}, accuracy {100 * dense:.2f}% -> {100 * pruned_acc:.2f}%")
+    return 0
+
+
+def cmd_solvers(args) -> int:
+    from solvers import backends
+
+    from .study import engines_of, probe_engine
+
+    rows = []
+    for name, info in backends().items():
+        ok = info.is_available()
+        engines = []
+        if ok:
+            for engine in _all_engines(name):
+                reason = probe_engine(name, engine) if engine in engines_of(name) else "not installed"
+                engines.append({"engine": engine, "available": reason is None, "reason": reason or "",
+                                "install": _engine_hint(name, engine)})
+        rows.append({"name": name, "available": ok, "exact": info.exact, "description": info.description,
+                     "engines": engines, "options": info.options(),
+                     "install": "" if ok else (info.install_hint or f"needs {', '.join(info.requires)}")})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'solver':<{width}}  {'available':<9}  {'kind':<9}  engines (usable here)")
+    for r in rows:
+        usable = ", ".join(e["engine"] for e in r["engines"] if e["available"]) or "-"
+        print(f"{r['name']:<{width}}  {'yes' if r['available'] else 'no':<9}  "
+              f"{'exact' if r['exact'] else 'heuristic':<9}  {usable}")
+        print(f"{'':<{width}}    {r['description']}")
+        if r["install"]:
+            print(f"{'':<{width}}    install: {r['install']}")
+        for e in r["engines"]:
+            if not e["available"]:
+                print(f"{'':<{width}}    engine {e['engine']} unusable here ({e['reason']})"
+                      + (f"; install: {e['install']}" if e["install"] else ""))
+    return 0
+
+
+def _all_engines(name: str) -> list[str]:
+    """Every engine a backend knows (its default plus its module's ``ENGINES`` table), usable or not."""
+    import inspect
+
+    from solvers import backends
+
+    info = backends()[name]
+    params = inspect.signature(info.func).parameters
+    if "engine" not in params:
+        return []
+    out = [params["engine"].default] if isinstance(params["engine"].default, str) else []
+    module = __import__(info.func.__module__, fromlist=["_"])
+    return out + [k for k in dict(getattr(module, "ENGINES", {}) or {}) if k not in out]
+
+
+def _engine_hint(name: str, engine: str) -> str:
+    from solvers import backends
+
+    module = __import__(backends()[name].func.__module__, fromlist=["_"])
+    entry = dict(getattr(module, "ENGINES", {}) or {}).get(engine)
+    return entry[2] if isinstance(entry, tuple) and len(entry) > 2 else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog=PROG, description="Combinatorial Brain Surgeon pruning: studies, solves, pruning.",
+                     epilog="Exit status: 0 ok, 1 validation failure, 2 bad input.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    common = _Parser(add_help=False)
+    common.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    common.add_argument("--time-limit", type=_positive_float, default=None, metavar="S",
+                        help="seconds per solve (best incumbent and an honest status when reached)")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
+
+    p = sub.add_parser("study", parents=[common], help="run a solver-comparison / validation study",
+                       description="Run every solver on every instance at every setting, cross-check the "
+                                   "results and write a report. Without --spec/--family/--problem: the "
+                                   "embedded default (Fisher blocks of a small MLP on scikit-learn's digits).")
+    p.add_argument("--spec", metavar="FILE.toml", help="study spec (see docs/study.md)")
+    p.add_argument("--out", metavar="DIR", help="write report.md, report.html, records.csv/json and PNG plots")
+    p.add_argument("--jobs", "-j", type=_positive_int, default=None,
+                   help="worker processes (default: CPU count; 1 = run in this process)")
+    p.add_argument("--solver", action="append", metavar="NAME[:k=v,...]",
+                   help="a solver to include, with options (repeatable; default: every available one)")
+    p.add_argument("--sparsity", action="append", type=_sparsity, metavar="S", help="sparsity (repeatable)")
+    p.add_argument("--objective", action="append", choices=("update", "selection"),
+                   help="objective kind (repeatable; default update)")
+    p.add_argument("--family", action="append", metavar="NAME",
+                   help="generated instance family instead of the default (lowrank, cancelling, identity, "
+                        "duplicates; repeatable)")
+    p.add_argument("--size", action="append", type=_positive_int, metavar="P", help="generated block size")
+    p.add_argument("--n-samples", type=_positive_int, default=None, metavar="N",
+                   help="gradient rows of generated instances")
+    p.add_argument("--instance-seed", action="append", type=int, metavar="S", help="generation seed")
+    p.add_argument("--damping", type=_nonneg_float, default=None, help="damping of generated instances")
+    p.add_argument("--problem", action="append", metavar="FILE.npz", help="saved problem (repeatable)")
+    p.add_argument("--quick", action="store_true", help="a smaller default study (seconds)")
+    p.add_argument("--no-network", action="store_true", help="skip the whole-network accuracy part")
+    p.add_argument("--no-memory", action="store_true", help="do not trace peak memory (faster pure-Python runs)")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("solve", parents=[common], help="solve one saved problem with one solver",
+                       description="Load a problem written by Problem.save (.npz), solve it, print the Solution.")
+    p.add_argument("problem", metavar="FILE.npz")
+    p.add_argument("--solver", default="greedy_swap", help="backend name (see 'cbs-opt solvers')")
+    p.add_argument("--objective", choices=("update", "selection"), help="override the file's objective kind")
+    p.add_argument("--n-prune", type=int, default=None, metavar="M", help="override the budget m")
+    p.add_argument("--sparsity", type=_sparsity, default=None, help="override the budget as a fraction")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option (repeatable)")
+    p.add_argument("--out", metavar="FILE.npz", help="save the solution (pruned, mask, weights)")
+    p.set_defaults(func=cmd_solve)
+
+    p = sub.add_parser("prune", parents=[common], help="prune a checkpoint and write the pruned one",
+                       description="Prune a model checkpoint to a sparsity with a solver; write the pruned "
+                                   "state dict, the masks and a report. Models: "
+                                   + "; ".join(f"{k}: {v[0]}" for k, v in MODELS.items()))
+    p.add_argument("--model", default="digits", choices=sorted(MODELS), help="architecture (default digits)")
+    p.add_argument("--checkpoint", metavar="FILE.pt", help="state dict to prune")
+    p.add_argument("--data", metavar="DIR", help="data folder (mlpnet: the MNIST IDX files; default "
+                                                  "$CBS_OPT_DATA/mnist)")
+    p.add_argument("--sparsity", type=_sparsity, required=True, help="fraction of weights to prune")
+    p.add_argument("--solver", default="greedy_swap", help="backend name (default greedy_swap)")
+    p.add_argument("--objective", choices=("update", "selection"), default="update")
+    p.add_argument("--blocks", type=_blocks, default=None, metavar="model|layer|row|K",
+                   help="Fisher blocks (default: 16-weight chunks for digits, rows for mlpnet)")
+    p.add_argument("--n-samples", type=_positive_int, default=1000, metavar="N", help="Fisher samples")
+    p.add_argument("--damping", type=_nonneg_float, default=None, help="Fisher damping (default 1e-4 "
+                                                                         "digits, 1e-3 mlpnet)")
+    p.add_argument("--stages", type=_positive_int, default=1, help="gradual pruning stages")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="solver option (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="write pruned.pt, masks.pt, prune_report.md")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("solvers", help="list the backends and engines available here",
+                       description="List every registered backend: available here or not (with install hints), "
+                                   "exact or heuristic, and its engines.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_solvers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cbs-opt``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help/--version (0) or a usage error (2, already printed)
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    args.argv = argv
+    if args.command == "prune":
+        if args.blocks is None:
+            args.blocks = 16 if args.model == "digits" else "row"
+        if args.damping is None:
+            args.damping = 1e-4 if args.model == "digits" else 1e-3
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user-facing errors → one line; --debug for the traceback
+        from solvers import SolverError
+        if args.debug or not isinstance(exc, (UserError, ValueError, TypeError, OSError, ImportError,
+                                              SolverError, KeyError)):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, KeyError):
+            message = f"missing key {message}"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
