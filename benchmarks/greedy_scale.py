@@ -51,7 +51,7 @@ def variants(device: str, dtype: str, kicks: int):
         ("greedy_swap", "greedy_swap", dict(torch_opts)),
         ("iht", "iht", dict(torch_opts)),
         ("update_swap", "update_swap", dict(torch_opts, kicks=kicks)),
-        ("update_swap(init=greedy_swap)", "update_swap", dict(torch_opts, init="greedy_swap", kicks=kicks)),
+        ("update_swap(init=obs)", "update_swap", dict(torch_opts, init="obs", kicks=kicks)),
     ]
 
 
@@ -169,6 +169,29 @@ def scale_part(args) -> list[str]:
     return lines
 
 
+def small_blocks_part(args) -> list[str]:
+    """Held-out small blocks: how often each search lands within 1% of the enumerate optimum."""
+    from cbs_opt.instances import FAMILIES, random_problem
+
+    runs = [("obs", {}), ("greedy_swap", {}), ("iht", {}), ("update_swap", {}), ("update_swap", {"kicks": 10})]
+    hits, total = {f"{n}{o or ''}": 0 for n, o in runs}, 0
+    for family in FAMILIES:
+        for p in (10, 14, 18):
+            for seed in range(6):  # seeds 100-105: disjoint from the unit tests' instances
+                prob = random_problem(p, None, None, sparsity=(0.5, 0.7, 0.9)[seed % 3], family=family,
+                                      seed=100 + seed)
+                exact = solvers.solve(prob, "enumerate").objective
+                total += 1
+                for name, opts in runs:
+                    sol = solvers.solve(prob, name, seed=seed, **opts)
+                    hits[f"{name}{opts or ''}"] += sol.objective <= exact + 0.01 * abs(exact) + 1e-12
+    lines = [f"{total} blocks: families {', '.join(FAMILIES)} × p ∈ {{10, 14, 18}} × 6 seeds, N = p // 2, "
+             "sparsity 0.5 / 0.7 / 0.9", "", "| search | within 1% of the optimum |", "|---|---|"]
+    lines += [f"| {name} | {count} / {total} |" for name, count in hits.items()]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="reference data folder (default $CBS_OPT_DATA or ../shared/data)")
@@ -183,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds per search")
     ap.add_argument("--no-mlpnet", action="store_true")
     ap.add_argument("--no-generated", action="store_true")
+    ap.add_argument("--small-blocks", action="store_true",
+                    help="also count how often each search is within 1%% of enumerate on small blocks")
     args = ap.parse_args(argv)
     if args.quick:
         args.sparsities, args.sizes = [0.9], [10_000]
@@ -194,6 +219,9 @@ def main(argv=None) -> int:
     if not args.no_mlpnet:
         print("\n## MLPNet (p = 32,360, N = 1000, damping 1e-3)\n")
         mlpnet_part(args)
+    if args.small_blocks:
+        print("\n## Held-out small blocks against the enumerate optimum\n")
+        small_blocks_part(args)
     if not args.no_generated:
         print("\n## Generated low-rank instances (N = 1000, damping 1e-3, sparsity 0.9)\n")
         scale_part(args)
