@@ -1,0 +1,96 @@
+"""Capacity benchmark: time to proven optimality, miqp on HiGHS (our branch-and-bound) vs Gurobi vs SCIP.
+
+Instances: generated low-rank blocks (N = p/2, damping 1e-3) and real MLPNet blocks (rows of fc2 and fc3,
+a 40-weight chunk of an fc1 row; N = 1000 per-sample NLL gradients; damping 1e-3), at sparsity 0.5/0.75/0.9,
+"update" objective. Every engine runs on one thread with the same time limit; Gurobi and SCIP get the same
+Pyomo model (low-rank big-M MIQP). Prints a Markdown table: seconds (or the gap left at the limit).
+
+    python benchmarks/miqp_capacity.py --quick
+    python benchmarks/miqp_capacity.py --time-limit 60 --sizes 20 30 40
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from cbs_opt import Problem  # noqa: E402
+from cbs_opt.instances import random_problem  # noqa: E402
+from solvers import solve  # noqa: E402
+
+
+def real_blocks(data: str | None, n_samples: int, damping: float, quick: bool):
+    """(name, weights, grads) for MLPNet blocks: fc3 row 0, fc2 row 0, fc1 row 0 weights 392:432."""
+    import mlpnet_common as mc
+    model = mc.load_mlpnet(data)
+    w = mc.flat_weights(model)
+    G = mc.mlpnet_gradients(n_samples, 0, data)
+    fc2_off, fc3_off = 784 * 40, 784 * 40 + 40 * 20
+    blocks = [("fc3 row 0 (p=20)", np.arange(fc3_off, fc3_off + 20)),
+              ("fc2 row 0 (p=40)", np.arange(fc2_off, fc2_off + 40))]
+    if not quick:
+        blocks += [("fc3 row 5 (p=20)", np.arange(fc3_off + 100, fc3_off + 120)),
+                   ("fc2 row 7 (p=40)", np.arange(fc2_off + 280, fc2_off + 320))]
+    blocks.append(("fc1 row 0, cols 392-431 (p=40)", np.arange(392, 432)))
+    return [(name, w[idx], G[:, idx]) for name, idx in blocks]
+
+
+def run(prob: Problem, engine: str, time_limit: float):
+    t = time.perf_counter()
+    try:
+        sol = solve(prob, "miqp", engine=engine, time_limit=time_limit)
+    except Exception as exc:  # an engine refusing (licence size) is a result, not a crash
+        return {"text": f"error: {type(exc).__name__}", "obj": None}
+    secs = time.perf_counter() - t
+    if sol.status == "optimal":
+        return {"text": f"{secs:.2f} s", "obj": sol.objective}
+    gap = sol.gap if sol.gap is not None else float("nan")
+    return {"text": f"limit, gap {100 * gap:.1f}%", "obj": sol.objective}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small grid, 20 s limit")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds per solve (default 60; quick 20)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="generated block sizes p")
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9])
+    ap.add_argument("--engines", nargs="+", default=["highs", "gurobi", "scip"])
+    ap.add_argument("--no-real", action="store_true", help="skip the MLPNet blocks")
+    ap.add_argument("--data", default=None, help="reference data folder (default $CBS_OPT_DATA or ../shared/data)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    limit = args.time_limit or (20.0 if args.quick else 60.0)
+    sizes = args.sizes or ([20, 30, 40] if args.quick else [20, 30, 40, 50])
+
+    rows = []
+    for p in sizes:
+        for s in args.sparsities:
+            rows.append((f"generated low-rank p={p}, N={p // 2}", s,
+                         random_problem(p, sparsity=s, seed=args.seed, damping=1e-3)))
+    if not args.no_real:
+        for name, w, G in real_blocks(args.data, 1000, 1e-3, args.quick):
+            for s in args.sparsities:
+                rows.append((f"MLPNet {name}, N=1000", s, Problem(w, G, damping=1e-3, sparsity=s)))
+
+    head = "| block | sparsity | " + " | ".join(f"miqp/{e}" for e in args.engines) + " | same optimum |"
+    print(f"time to proven optimality, limit {limit:g} s, one thread each\n")
+    print(head)
+    print("|" + "---|" * (len(args.engines) + 3))
+    for name, s, prob in rows:
+        res = [run(prob, e, limit) for e in args.engines]
+        objs = [r["obj"] for r in res if r["obj"] is not None]
+        same = "yes" if objs and max(objs) - min(objs) <= 1e-6 * max(abs(min(objs)), 1e-12) else "no"
+        print(f"| {name} | {s:g} | " + " | ".join(r["text"] for r in res) + f" | {same} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
