@@ -81,12 +81,6 @@ def _check_epsilon(epsilon, dtype: torch.dtype) -> float:
     return float(epsilon)
 
 
-def _check_problem(problem, name: str) -> None:
-    if problem.objective_kind != "update":
-        raise ValueError(f"solver {name!r} optimises the update objective; this problem has "
-                         "objective='selection' (use greedy_swap, or problem.with_objective('update'))")
-
-
 def _initial_pruned(problem, init, *, seed: int, deadline: Deadline, allowed: tuple[str, ...]) -> np.ndarray:
     """The starting pruned set: a named heuristic or an explicit index array of length m."""
     m = problem.n_prune
@@ -262,7 +256,6 @@ def solve_iht(problem, *, seed: int, time_limit: float | None, progress: bool, i
     scaling   "none" (CHITA's plain step, default) or "diagonal" (Jacobi-scaled scores)
     device    "cpu" / "cuda";  dtype  "float64" / "float32" (products with A; N×N work stays float64)
     """
-    _check_problem(problem, "iht")
     max_iter = _check_int("max_iter", max_iter, 0)
     _check_choice("scaling", scaling, SCALINGS)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -306,7 +299,6 @@ def solve_update_swap(problem, *, seed: int, time_limit: float | None, progress:
     refresh    recompute the state from scratch every this many swaps
     device     "cpu" / "cuda";  dtype  "float64" / "float32"
     """
-    _check_problem(problem, "update_swap")
     rho = _check_int("rho", rho, 1)
     max_swaps = _check_int("max_swaps", max_swaps, 0)
     kicks = _check_int("kicks", kicks, 0)
