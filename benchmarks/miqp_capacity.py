@@ -16,13 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# One BLAS thread, set before numpy loads OpenBLAS: on small blocks a multi-threaded BLAS under load made
+# single Cholesky calls take seconds and inflated every miqp/highs time.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 from cbs_opt import Problem  # noqa: E402
 from cbs_opt.instances import random_problem  # noqa: E402
 from solvers import solve  # noqa: E402

@@ -146,11 +146,13 @@ def branch_and_bound(problem, oracle, incumbent: np.ndarray, incumbent_value: fl
                      deadline: Deadline, rel_gap: float = 1e-9, abs_gap: float = 0.0,
                      progress: bool = False, node_limit: int | None = None,
                      pool: CutPool | None = None, fw_iter: int = 5, line_evals: int = 2,
-                     tangents: bool = True) -> SearchResult:
+                     tangents: bool = True, reducer=None) -> SearchResult:
     """Best-first branch-and-bound over keep-sets with perspective / shifted-QP bounds (module doc).
 
     ``tangents=False``: the oracle's gradients are not global under-estimators (monotone mode) — the only
     bound used is the oracle's value at "keep every free weight".
+    ``reducer``: a :class:`solvers.exact_node.NodeReducer` — node relaxations then run on the node's reduced
+    problem with its own eigenvalue shift (much tighter deep in the tree) instead of the global ``φ``.
     """
     p, k = problem.p, problem.n_keep
     pool = pool if pool is not None else CutPool(p)
@@ -216,11 +218,29 @@ def branch_and_bound(problem, oracle, incumbent: np.ndarray, incumbent_value: fl
         nb = max(nb, vm + float(linear_min(gm, kept, free, n_more)[0] - gm @ z_mono))
         if nb >= cutoff:
             continue
-        rb, z, _ = relax_node(oracle, kept, free, n_more, z_warm, pool=pool, cutoff=cutoff,
-                              max_iter=fw_iter, line_evals=line_evals)
-        nb = max(nb, rb)
-        if nb >= cutoff:
-            continue
+        child_cut = None
+        node = reducer.reduce(kept, np.flatnonzero(state == 0), free) if reducer is not None else None
+        if node is not None and node.oracle is not None:
+            # The node's own perspective relaxation (module exact_node): bound = c0 + its FW bound.
+            none = np.zeros(0, dtype=np.intp)
+            every = np.arange(free.size)
+            zu0 = _feasible_start(z_warm[free], none, every, n_more, free.size)
+            rb, zu, _ = relax_node(node.oracle, none, every, n_more, zu0, cutoff=cutoff - node.c0,
+                                   max_iter=fw_iter, line_evals=line_evals)
+            nb = max(nb, node.c0 + rb)
+            if nb >= cutoff:
+                continue
+            z = np.zeros(p)
+            z[kept] = 1.0
+            z[free] = zu
+            vu, gu = node.oracle.cut(zu)
+            child_cut = (node.c0 + vu - float(gu @ zu), gu)
+        else:
+            rb, z, _ = relax_node(oracle, kept, free, n_more, z_warm, pool=pool, cutoff=cutoff,
+                                  max_iter=fw_iter, line_evals=line_evals)
+            nb = max(nb, rb)
+            if nb >= cutoff:
+                continue
         # Heuristic: round the relaxation (largest z among the free) and polish by swaps.
         zr = np.zeros(p, dtype=bool)
         zr[kept] = True
@@ -233,9 +253,17 @@ def branch_and_bound(problem, oracle, incumbent: np.ndarray, incumbent_value: fl
                 best_z, best_v = zr, value
             if nb >= best_v - tol():
                 continue
-        # Branch on the most fractional free variable.
+        # Branch on the most fractional free variable; with the node's tangent both children get their own
+        # bound (one sort for all candidates), which prunes many of them before they are pushed.
         frac = z[free]
-        j = int(free[np.argmin(np.abs(frac - 0.5))])
+        if child_cut is not None:
+            base, gu = child_cut
+            b_keep, b_prune = child_bounds(base, gu, n_more)
+            b_keep, b_prune = child_bounds(base, gu, n_more)
+        # Most fractional. (Measured: choosing j by the tangent's child bounds — max-min, max or product —
+        # grew the trees 1.1–2x on generated blocks, so those bounds only prune children.)
+        jj = int(np.argmin(np.abs(frac - 0.5)))
+        j = int(free[jj])
         for val in (1, 0):
             child = state.copy()
             child[j] = val
@@ -244,8 +272,13 @@ def branch_and_bound(problem, oracle, incumbent: np.ndarray, incumbent_value: fl
             ck, cf, cm = node_sets(child)
             if cm < 0 or cm > cf.size:
                 continue
+            cb = nb
+            if child_cut is not None:  # the node's tangent is valid in its subtree
+                cb = max(cb, float(b_keep[jj] if val else b_prune[jj]))
+                if cb >= best_v - tol():
+                    continue
             zc = _feasible_start(zc, ck, cf, cm, p)
-            heapq.heappush(heap, (nb, next(counter), child, zc))
+            heapq.heappush(heap, (cb, next(counter), child, zc))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(best=f"{best_v:.4g}", bound=f"{nb:.4g}", open=len(heap), refresh=False)
@@ -255,6 +288,25 @@ def branch_and_bound(problem, oracle, incumbent: np.ndarray, incumbent_value: fl
     lower = min([best_v] + [b for b, *_ in heap]) if heap else best_v
     optimal = not stopped and lower >= best_v - tol()
     return SearchResult(best_z, best_v, lower, optimal, nodes, {"cuts": len(pool)})
+
+
+def child_bounds(base: float, g: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of both children of every free variable from one tangent ``base + gᵀz`` over ``{Σz = n}``.
+
+    ``keep[j] = base + g_j + (sum of the n−1 smallest g without j)``,
+    ``prune[j] = base + (sum of the n smallest g without j)`` — O(u log u) for all j together.
+    """
+    u = g.size
+    order = np.argsort(g, kind="stable")
+    rank = np.empty(u, dtype=np.intp)
+    rank[order] = np.arange(u)
+    csum = np.concatenate([[0.0], np.cumsum(g[order])])
+    s_nm1 = csum[max(n - 1, 0)]
+    s_n = csum[min(n, u)]
+    s_np1 = csum[min(n + 1, u)]
+    keep = np.where(rank >= n - 1, s_nm1, s_n - g) + g if n >= 1 else np.full(u, np.inf)
+    prune = np.where(rank >= n, s_n, s_np1 - g) if n <= u - 1 else np.full(u, np.inf)
+    return base + keep, base + prune
 
 
 def _feasible_start(z: np.ndarray, kept, free, n_more, p) -> np.ndarray:

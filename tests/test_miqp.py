@@ -154,3 +154,49 @@ def test_model_build_is_linear_in_nonzeros():
     repn = generate_standard_repn(model.obj.expr, compute_values=True)
     assert len(repn.quadratic_vars) <= 5 + 60  # r_j² and the damping diagonal only
     assert len(model.r_def) == 5
+
+
+@pytest.mark.parametrize("dense,gradient", [(False, False), (False, True), (True, False)])
+def test_node_reduction_is_exact_and_its_tangents_bound_the_subtree(dense, gradient):
+    """c0 + φ_node equals the global cost on every binary point of the node; node tangents stay below it."""
+    from solvers.exact_node import NodeReducer
+    prob = random_problem(14, seed=2, sparsity=0.5, gradient=gradient, dense=dense)
+    oracle = make_oracle(prob)
+    reducer = NodeReducer(prob.curvature.dense(), prob.effective_weights)
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        perm = rng.permutation(14)
+        kept, pruned, free = np.sort(perm[:2]), np.sort(perm[2:6]), np.sort(perm[6:])
+        node = reducer.reduce(kept, pruned, free)
+        n_more = prob.n_keep - kept.size
+        zf = rng.uniform(size=free.size)
+        vf, gf = node.oracle.cut(zf)
+        for _ in range(5):
+            zu = np.zeros(free.size)
+            zu[rng.choice(free.size, n_more, replace=False)] = 1.0
+            z = np.zeros(14)
+            z[kept], z[free] = 1.0, zu
+            exact = prob.objective(np.flatnonzero(z == 0))
+            assert _close(node.c0 + node.oracle.cut(zu)[0] + oracle.offset, exact)
+            assert node.c0 + vf + gf @ (zu - zf) + oracle.offset <= exact + 1e-10 * abs(exact)
+        assert node.shift >= 0
+
+
+def test_child_bounds_match_brute_force():
+    from solvers.exact_bnb import child_bounds
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        u = int(rng.integers(2, 9))
+        n = int(rng.integers(1, u))
+        g = np.round(rng.normal(size=u), 1)  # ties included
+        keep, prune = child_bounds(0.5, g, n)
+        for j in range(u):
+            rest = np.sort(np.delete(g, j))
+            assert keep[j] == pytest.approx(0.5 + g[j] + rest[:n - 1].sum())
+            assert prune[j] == pytest.approx(0.5 + rest[:n].sum())
+
+
+@pytest.mark.parametrize("options", [{"node_shift": False}, {"root_relaxation": True}])
+def test_option_paths_stay_exact(options):
+    for seed in range(3):
+        _check_exact(random_problem(13, seed=seed, sparsity=0.75, gradient=seed == 1), **options)
