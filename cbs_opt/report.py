@@ -219,7 +219,7 @@ def plot_objective_vs_sparsity(records, path: str | os.PathLike, *, objective_ki
         key = (r.sparsity, r.instance, r.solver)
         if key not in best_per or r.objective < best_per[key].objective:
             best_per[key] = r
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13.5, 4.8))
     ref_line, totals, partial = [], defaultdict(dict), set()
     for s in sparsities:
         insts = sorted({i for (sp, i, _) in best_per if sp == s})
@@ -238,12 +238,13 @@ def plot_objective_vs_sparsity(records, path: str | os.PathLike, *, objective_ki
         plt.close(fig)
         return False
     ref_at = {x: v for x, v, _ in ref_line}
-    for n in names:
+    for k, n in enumerate(names):
         xs = sorted(totals[n])
         if not xs:
             continue
-        ax.plot(xs, [totals[n][x] for x in xs], label=n, lw=1.6, ms=5, alpha=0.9, **styles[n])
-        ax2.plot(xs, [totals[n][x] / ref_at[x] for x in xs], label=n, lw=1.6, ms=5, alpha=0.9, **styles[n])
+        ms = max(3.0, 9.0 - 0.6 * k)  # later curves drawn smaller, so coinciding solvers stay visible
+        ax.plot(xs, [totals[n][x] for x in xs], label=n, lw=1.6, ms=ms, alpha=0.85, **styles[n])
+        ax2.plot(xs, [totals[n][x] / ref_at[x] for x in xs], label=n, lw=1.6, ms=ms, alpha=0.85, **styles[n])
     proven = all(k == "optimum" for *_, k in ref_line)
     ref_label = "proven optimum" if proven else "best known"
     ax.plot([x for x, *_ in ref_line], [v for _, v, _ in ref_line], color="black", lw=3, alpha=0.25,
@@ -259,8 +260,8 @@ def plot_objective_vs_sparsity(records, path: str | os.PathLike, *, objective_ki
     ax2.set_ylabel(f"total objective / {ref_label}")
     ax2.set_title("Relative to the optimum (1 = optimal)")
     ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8, loc="upper left",
-               title=("not on every block: " + ", ".join(sorted(partial))) if partial else None,
+    ax2.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+               title=("not on every block:\n" + ", ".join(sorted(partial))) if partial else None,
                title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -277,7 +278,7 @@ def plot_gaps(records, path: str | os.PathLike) -> bool:
     names = _solver_order(records)
     styles = solver_colors(names)
     sparsities = sorted({r.sparsity for r in records})
-    fig, ax = plt.subplots(figsize=(12, 4.8))
+    fig, ax = plt.subplots(figsize=(13, 5))
     width = 0.8 / len(names)
     rng = np.random.default_rng(0)
     floor = 1e-4  # gaps below 0.01 % are drawn on the floor line (symlog would squash them to 0 anyway)
@@ -294,11 +295,16 @@ def plot_gaps(records, path: str | os.PathLike) -> bool:
                       color=styles[n]["color"], lw=2.5)
     ax.set_yscale("log")
     ax.axhline(100 * floor, color="black", lw=0.8, alpha=0.4)
+    top = max(100 * max(r.gap for r in records), 1.0)
+    ticks = [100 * floor] + [t for t in (0.1, 1, 10, 100, 1000, 10000) if t <= top * 1.5]
+    ax.set_yticks(ticks, ["optimal"] + [f"{t:g}%" for t in ticks[1:]])
+    ax.minorticks_off()
     ax.set_xticks(range(len(sparsities)), [f"sparsity {s:g}" for s in sparsities])
-    ax.set_ylabel("gap to optimum (%)   [log; bottom line = optimal]")
-    ax.set_title("Optimality gap of each heuristic per block (dots) and its mean (bar)")
+    ax.set_ylabel("gap to the optimum (log scale)")
+    ref = "proven optimum" if all(r.reference_kind == "optimum" for r in records) else "best known objective"
+    ax.set_title(f"Gap of each heuristic to the {ref}: one dot per block, bar = mean")
     ax.grid(True, axis="y", which="major", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(len(names), 5), loc="upper left", markerscale=1.8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, markerscale=1.8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -402,8 +408,8 @@ FIGURES = {
                                  "quadratic model predicts) summed over the comparison blocks, per solver, on a "
                                  "log scale; the thick grey line is the proven optimum. Right: the same totals "
                                  "divided by the optimum, so 1 means optimal.",
-    "optimality_gap.png": "Optimality gap of each heuristic: one dot per block, the bar is the mean; "
-                          "dots on the bottom line found the optimum (gap below 0.01 %).",
+    "optimality_gap.png": "Optimality gap of each heuristic: one dot per block and sparsity, the bar is the "
+                          "mean; dots on the bottom line found the optimum (gap below 0.01 %).",
     "time_vs_size.png": "Solve time vs block size on log-log axes (median over runs). Exact backends "
                         "(dashed, grey/black) grow combinatorially with the block size; heuristics stay flat. "
                         "A hollow circle means the time limit stopped the run.",
@@ -438,6 +444,8 @@ def write_report(result, directory: str | os.PathLike, *, command: str | None = 
              f"Wall time {meta.get('seconds', 0):.1f} s ({meta.get('executor', '?')}"
              + (f", {meta['jobs']} workers" if meta.get("jobs") else "") + f"), {meta.get('date', '')}.")
     blocks.append(("p", intro))
+    if meta.get("description"):
+        blocks.append(("p", meta["description"]))
     if command:
         blocks.append(("code", command))
     if machine:

@@ -152,15 +152,17 @@ class Tolerances:
     """Cross-check tolerances: two values differ when ``|a − b| > rtol·max(|a|, |b|) + atol``.
 
     ``reported_rtol`` is looser because a backend's own objective comes from its solver's
-    continuous variables (feasibility tolerances), while the engine recomputes it exactly: SCIP
-    through Pyomo was measured reporting values 3e-6 (relative) below the recomputed cost. A backend
+    continuous variables, within the MIP engine's feasibility and integrality tolerances (Gurobi's
+    default ``IntFeasTol`` is 1e-5: a "pruned" weight may keep ~1e-5·M), while the engine recomputes
+    the cost of the returned set exactly. Measured on digits blocks: Gurobi 1.4e-5 and SCIP 3e-6
+    (relative) below the recomputed cost, with the right (optimal) pruned set. A backend
     that says it computed in float32 (``Solution.info["dtype"]``) is held to ``reported_rtol_float32``.
     """
 
     rtol: float = 1e-7
     atol: float = 1e-12
-    reported_rtol: float = 1e-5
-    reported_rtol_float32: float = 1e-4
+    reported_rtol: float = 1e-4
+    reported_rtol_float32: float = 1e-3
 
     def above(self, a: float, b: float, rtol: float | None = None) -> bool:
         """``a`` exceeds ``b`` by more than the tolerance."""
@@ -213,6 +215,7 @@ class Study:
     measure_memory: bool = True
     network: NetworkStudy | None = None
     title: str = "cbs-opt study"
+    description: str = ""
 
     def check(self) -> None:
         """Validate the settings and every solver up front (clear errors before any work)."""
@@ -789,7 +792,7 @@ def run_study(study: Study, *, executor: Executor | Any | None = None, jobs: int
         if any(inst.startswith(f"{r.network}/") and solver == r.solver for inst, solver in bad):
             r.valid = False
             r.flags = ";".join(filter(None, [r.flags, "block_validation"]))
-    meta = {"title": study.title, "runs": len(records), "network_runs": len(network),
+    meta = {"title": study.title, "description": study.description, "runs": len(records), "network_runs": len(network),
             "seconds": elapsed, "jobs": jobs if own_pool is not None else None,
             "executor": type(executor).__name__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "sparsities": list(study.sparsities), "objectives": list(study.objectives),
@@ -995,9 +998,23 @@ def default_study(*, quick: bool = False, time_limit: float | None = 20.0, seed:
     net_specs = [s for s in specs if s.solver != "miqp"] if not quick else \
         [s for s in specs if s.solver in ("magnitude", "obs", "greedy_swap", "enumerate")]
     network = digits_network_study(net_specs, (0.5, 0.8) if quick else (0.3, 0.5, 0.7, 0.8, 0.9), seed=seed)
+    exact = ", ".join(s.name for s in specs if _is_exact(s.solver)) or "none available"
+    description = (
+        f"The embedded default. A 64-16-10 MLP trained on scikit-learn's 8x8 digits; its empirical Fisher "
+        f"(N=400 training samples, damping 1e-4) cut into 16-weight blocks. Solver comparison: {len(blocks)} "
+        f"blocks spread over both layers at sparsities {', '.join(f'{x:g}' for x in sparsities)}. Timing: a "
+        f"ladder of {', '.join(str(i.problem.p) for i in ladder)} weights cut from the centre of one fc1 row. "
+        f"Accuracy: the whole network ({len(net_specs)} solvers, every block at the same sparsity). "
+        f"Exact references: {exact}.")
     return Study(instances=blocks + ladder, solvers=specs, sparsities=sparsities,
                  time_limits=(time_limit,), seeds=(seed,), network=network,
-                 title="cbs-opt study: digits MLP" + (" (quick)" if quick else ""))
+                 title="cbs-opt study: digits MLP" + (" (quick)" if quick else ""), description=description)
+
+
+def _is_exact(name: str) -> bool:
+    from solvers import backends
+    info = backends().get(name)
+    return bool(info and info.exact)
 
 
 def study_from_dict(spec: Mapping[str, Any], *, base_dir: str | os.PathLike = ".") -> Study:
