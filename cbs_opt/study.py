@@ -36,7 +36,6 @@ import json
 import math
 import os
 import time
-import traceback
 from collections import defaultdict
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field

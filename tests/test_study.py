@@ -313,3 +313,23 @@ def test_report_writes_tables_and_plots(tmp_path):
     assert "Validation **PASSED**" in text and "| greedy_swap |" in text and "![time_vs_size.png]" in text
     html = (tmp_path / "report.html").read_text()
     assert "<img src='optimality_gap.png'" in html and "<table>" in html
+
+
+def test_network_study_prunes_the_digits_net_and_cross_checks_its_blocks():
+    from cbs_opt.study import digits_network_study
+
+    net = digits_network_study([SolverSpec("magnitude"), SolverSpec("enumerate")], (0.5,), n_samples=100)
+    study = Study(generated_instances(sizes=(6,)), [SolverSpec("obs")], network=net)
+    result = run_study(study, jobs=1)
+    assert result.ok, result.failures
+    by_solver = {r.solver: r for r in result.network}
+    assert set(by_solver) == {"magnitude", "enumerate"}
+    for r in by_solver.values():
+        assert r.n_blocks == 74 and r.statuses.startswith("feasible" if r.solver == "magnitude" else "optimal")
+        assert 0.9 < r.dense_value <= 1.0 and 0.0 <= r.value <= r.dense_value + 0.02
+    # block by block the exact solver is the reference: gap 0 for it, >= 0 for magnitude
+    blocks = [b for b in result.network_blocks if b.solver == "enumerate"]
+    assert len(blocks) == 74 and all(b.gap == 0.0 and b.reference_kind == "optimum" for b in blocks)
+    assert sum(b.gap > 0 for b in result.network_blocks if b.solver == "magnitude") > 10
+    assert by_solver["enumerate"].total_objective < by_solver["magnitude"].total_objective
+    assert by_solver["enumerate"].value > by_solver["magnitude"].value  # and it shows in the accuracy
