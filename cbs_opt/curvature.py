@@ -144,10 +144,20 @@ class LowRankCurvature(Curvature):
         return psd_solve(self.dense(), b)
 
     def inverse_diagonal(self) -> np.ndarray:
-        if self.damping <= 0:
-            if self.n_samples < self.p:
+        return self._inverse_diagonal.copy()
+
+    @cached_property
+    def _inverse_diagonal(self) -> np.ndarray:
+        # Cached: blocks re-solved at many budgets (prune's cost curves) share one curvature object.
+        if self.n_samples >= self.p or self.damping <= 0:
+            if self.damping <= 0 and self.n_samples < self.p:
                 raise ValueError("diag(F⁻¹) needs damping > 0 when N < p (F is singular)")
-            return np.diag(np.linalg.inv(self.dense())).copy()
+            try:  # the p × p side is the smaller one
+                L = np.linalg.cholesky(self.dense())
+            except np.linalg.LinAlgError as exc:
+                raise ValueError("diag(F⁻¹) needs F positive definite (add damping)") from exc
+            Linv = sla.solve_triangular(L, np.eye(self.p), lower=True, check_finite=False)
+            return np.einsum("ij,ij->j", Linv, Linv)
         # diag((AᵀA+λI)⁻¹) = (1 − diag(Aᵀ M⁻¹ A)) / λ, and diag(Aᵀ M⁻¹ A) = column norms² of L⁻¹A
         # (M = LLᵀ): one triangular solve instead of a full Cholesky solve, in column chunks.
         L = self._small_side[0]

@@ -187,3 +187,14 @@ def test_load_errors(tmp_path):
     np.savez(tmp_path / "other.npz", a=np.ones(2))
     with pytest.raises(ValueError, match="not a cbs-opt problem"):
         Problem.load(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("p,N,damping", [(12, 4, 1e-3), (12, 30, 1e-3), (12, 30, 0.0), (5, 5, 1e-2)])
+def test_inverse_diagonal_both_sides(p, N, damping):
+    """Woodbury (N < p) and the direct p × p factor (N ≥ p) both give diag(F⁻¹)."""
+    prob = random_problem(p, N, 1, damping=damping, seed=p + N)
+    expected = np.diag(np.linalg.inv(_dense(prob)))
+    got = prob.curvature.inverse_diagonal()
+    assert np.allclose(got, expected, rtol=1e-7)
+    got[0] = -1.0  # a copy: the cached values stay intact
+    assert np.allclose(prob.curvature.inverse_diagonal(), expected, rtol=1e-7)
