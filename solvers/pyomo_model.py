@@ -205,6 +205,13 @@ def solve_with_engine(problem, engine: str, *, time_limit: float | None, formula
         kwargs["time_limit"] = float(time_limit)
     if engine == "scip":
         kwargs.pop("threads")  # SCIP solves on one thread
+        # Silence SCIP's log: Pyomo captures it through a pipe that a reader thread drains, but SCIP's
+        # optimize() keeps the GIL, so a log larger than the pipe buffer deadlocks the solve (observed).
+        kwargs["solver_options"] = {"display/verblevel": 5 if progress else 0}
+    else:
+        # Gurobi's default integrality tolerance (1e-5) let its reported objective drift 1e-5 (relative)
+        # from the true cost of the set it returned; tighten it so cross-checks can stay strict.
+        kwargs["solver_options"] = {"IntFeasTol": 1e-9}
     res = opt.solve(model, **kwargs)
     info = {"engine": engine, "formulation": formulation, "termination": str(res.termination_condition)}
     if res.incumbent_objective is None:
