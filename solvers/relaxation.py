@@ -16,7 +16,8 @@ Which relaxation (the strongest we can pose as a convex QP for HiGHS; math in :m
 
 The reported bound never trusts the QP's accuracy: at the QP's point ``z̄`` it is recomputed in float64 as the
 tangent bound ``φ(z̄) + min_{z feasible} ∇φ(z̄)ᵀ(z − z̄)`` (a sort), valid for any ``z̄``, then tightened by a
-few Frank–Wolfe steps. The feasible answer keeps the ``p − m`` largest ``z̄`` (ties by ``|w̃|``).
+few Frank–Wolfe steps. The feasible answer is the best of three roundings: keep the ``p − m`` largest
+``z̄``, the largest polished ``z``, or the ``p − m`` most negative entries of ``∇φ(z̄)`` (ties by ``|w̃|``).
 """
 from __future__ import annotations
 
@@ -183,9 +184,14 @@ def solve_relaxation(problem, *, seed: int, time_limit, progress: bool, rounds: 
     bound, z_fw, _ = relax_node(oracle, kept, free, k, z_bar, max_iter=polish_steps)
     bound += oracle.offset
     tie = np.abs(oracle.w) if problem.objective_kind == "update" else np.abs(problem.weights)
-    order = np.lexsort((-tie, -np.round(z_bar, 9)))
-    pruned = np.sort(order[k:])
-    value = problem.objective(pruned)
+    # Rounding: a weak relaxation leaves z̄ nearly flat, and "largest z̄" then degenerates to the tie
+    # break (magnitude). Also try the polished point and the minimiser of the tangent at z̄ (keep the
+    # k most negative ∇φ entries), and keep the best of the three roundings.
+    grad = oracle.cut(z_bar)[1]
+    candidates = [np.lexsort((-tie, -np.round(z, 9)))[k:] for z in (z_bar, z_fw)]
+    candidates.append(np.lexsort((-tie, grad))[k:])
+    value, pruned = min(((problem.objective(c), tuple(np.sort(c))) for c in candidates), key=lambda t: t[0])
+    pruned = np.array(pruned, dtype=np.intp)
     tol = 1e-9 * max(abs(value), 1e-300)
     status = Status.OPTIMAL if bound >= value - tol else Status.FEASIBLE
     if deadline.expired() and status != Status.OPTIMAL:
