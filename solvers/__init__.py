@@ -11,15 +11,9 @@ from .base import (BackendResult, Deadline, Solution, SolverError, SolverUnavail
                    UnknownSolverError)
 from .registry import available, backends, register, solve, unregister
 
-# Importing the backend modules registers them.
-from . import magnitude, obs, enumerate as _enumerate  # noqa: E402,F401
-
-for _optional in ("greedy_swap", "miqp", "relaxation", "swap_search"):
-    try:  # modules added by later work; a missing one must not break the import
-        __import__(f"{__name__}.{_optional}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"{__name__}.{_optional}":
-            raise
+# Importing the backend modules registers them (optional engines inside them are probed lazily).
+from . import (magnitude, obs, enumerate as _enumerate, greedy_swap, swap_search,  # noqa: E402,F401
+               miqp, relaxation)
 
 __all__ = ["solve", "available", "backends", "register", "unregister", "Solution", "Status",
            "BackendResult", "SolverError", "SolverUnavailableError", "UnknownSolverError", "Deadline"]
