@@ -4,9 +4,7 @@ The data folder is ``--data`` / ``$CBS_OPT_DATA`` / ``<repo>/../shared/data`` (i
 """
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -20,9 +18,9 @@ if str(REPO) not in sys.path:  # benchmarks run as scripts from a checkout
     sys.path.insert(0, str(REPO))
 
 from cbs_opt import Problem  # noqa: E402
+from cbs_opt.mnist import MEAN, STD, MLPNet, load_mnist as _load_mnist_idx  # noqa: E402,F401
 from cbs_opt.fisher import per_sample_gradients  # noqa: E402
 
-MEAN, STD = 0.1307, 0.3081
 PARAM_NAMES = ("fc1.weight", "fc2.weight", "fc3.weight")
 
 
@@ -35,38 +33,10 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
     return candidate
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    magic, = struct.unpack(">I", raw[:4])
-    ndim = magic & 0xFF
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 @lru_cache(maxsize=4)
 def load_mnist(directory: str | None = None, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised MNIST images ``(n, 784)`` float32 and int64 labels for ``split`` ∈ {train, test}."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    root = data_dir(directory) / "mnist"
-    images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32)
-    labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
-    x = (torch.from_numpy(images) / 255.0 - MEAN) / STD
-    return x, torch.from_numpy(labels)
-
-
-class MLPNet(nn.Module):
-    """784 → 40 → 20 → 10, ReLU, no biases (the CBS / WoodFisher / CHITA benchmark network)."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(784, 40, bias=False)
-        self.fc2 = nn.Linear(40, 20, bias=False)
-        self.fc3 = nn.Linear(20, 10, bias=False)
-
-    def forward(self, x):
-        x = x.reshape(x.shape[0], -1)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+    return _load_mnist_idx(data_dir(directory) / "mnist", split)
 
 
 def load_mlpnet(directory: str | None = None) -> MLPNet:

@@ -13,11 +13,9 @@ Exit status: 0 success; 1 the study ran but a cross-check failed or a run raised
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -125,60 +123,6 @@ def _default_data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def _read_idx(path: Path):
-    import numpy as np
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    if len(raw) < 8:
-        raise UserError(f"{path} is not an IDX file")
-    magic, = struct.unpack(">I", raw[:4])
-    if magic not in (2049, 2051):
-        raise UserError(f"{path} is not an MNIST IDX file (magic {magic})")
-    ndim = magic & 0xFF
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def _find_idx(directory: Path, stem: str) -> Path:
-    for candidate in (directory / f"{stem}.gz", directory / stem, directory / "mnist" / f"{stem}.gz",
-                      directory / "mnist" / stem):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"MNIST file {stem}[.gz] not found in {directory}")
-
-
-def _load_mnist(directory: Path, split: str):
-    import torch
-
-    prefix = {"train": "train", "test": "t10k"}[split]
-    images = _read_idx(_find_idx(directory, f"{prefix}-images-idx3-ubyte")).reshape(-1, 784)
-    labels = _read_idx(_find_idx(directory, f"{prefix}-labels-idx1-ubyte"))
-    x = (torch.tensor(images, dtype=torch.float32) / 255.0 - 0.1307) / 0.3081
-    return x, torch.tensor(labels, dtype=torch.int64)
-
-
-def _mlpnet():
-    import torch
-    from torch import nn
-
-    class MLPNet(nn.Module):
-        """784 → 40 → 20 → 10, ReLU, no biases (the CBS / WoodFisher MNIST benchmark network)."""
-
-        def __init__(self):
-            super().__init__()
-            self.fc1 = nn.Linear(784, 40, bias=False)
-            self.fc2 = nn.Linear(40, 20, bias=False)
-            self.fc3 = nn.Linear(20, 10, bias=False)
-
-        def forward(self, x):
-            x = x.reshape(x.shape[0], -1)
-            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-    return MLPNet()
-
-
 def _digits_setup(checkpoint: Path | None, data_dir: Path | None, seed: int):
     from .digits import DigitsMLP, digits_model
 
@@ -194,12 +138,14 @@ def _digits_setup(checkpoint: Path | None, data_dir: Path | None, seed: int):
 def _mlpnet_setup(checkpoint: Path | None, data_dir: Path | None, seed: int):
     if checkpoint is None:
         raise UserError("--model mlpnet needs --checkpoint (a state dict .pt of the 784-40-20-10 MLPNet)")
-    model = _mlpnet()
+    from .mnist import MLPNet, load_mnist
+
+    model = MLPNet()
     _load_into(model, _load_state(checkpoint), checkpoint)
     directory = data_dir or _default_data_dir() / "mnist"
     if not directory.exists():
         raise FileNotFoundError(f"MNIST data directory not found: {directory} (pass --data or set CBS_OPT_DATA)")
-    return model.eval(), _load_mnist(directory, "train"), _load_mnist(directory, "test")
+    return model.eval(), load_mnist(directory, "train"), load_mnist(directory, "test")
 
 
 MODELS = {
