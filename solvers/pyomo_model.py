@@ -192,6 +192,28 @@ def _engine(name: str):
     return opt
 
 
+def _solve_without_fd_capture(opt, model, kwargs):
+    """Run Pyomo's SCIP interface with its fd-level output capture turned off.
+
+    ``scip_direct`` captures SCIP's C-level output through a pipe drained by a Python thread, but
+    pyscipopt's ``optimize()`` keeps the GIL: a log (or warnings) beyond the pipe's buffer blocks SCIP
+    forever (observed on real MLPNet rows even at ``display/verblevel`` 0). Without fd capture SCIP
+    writes straight to this process's stdout, which nobody has to drain.
+    """
+    from unittest import mock
+
+    from pyomo.contrib.solver.solvers.scip import scip_direct
+
+    original = scip_direct.capture_output
+
+    def python_level_only(*args, **kw):
+        kw["capture_fd"] = False
+        return original(*args, **kw)
+
+    with mock.patch.object(scip_direct, "capture_output", python_level_only):
+        return opt.solve(model, **kwargs)
+
+
 def solve_with_engine(problem, engine: str, *, time_limit: float | None, formulation: str = "auto",
                       rel_gap: float = 1e-9, threads: int = 1, progress: bool = False) -> BackendResult:
     """Solve the Pyomo model with ``engine`` ("gurobi" or "scip") through Pyomo's solver interfaces."""
@@ -205,14 +227,16 @@ def solve_with_engine(problem, engine: str, *, time_limit: float | None, formula
         kwargs["time_limit"] = float(time_limit)
     if engine == "scip":
         kwargs.pop("threads")  # SCIP solves on one thread
-        # Silence SCIP's log: Pyomo captures it through a pipe that a reader thread drains, but SCIP's
-        # optimize() keeps the GIL, so a log larger than the pipe buffer deadlocks the solve (observed).
+        # Quiet unless asked: without Pyomo's capture (below) SCIP's log goes to stdout.
         kwargs["solver_options"] = {"display/verblevel": 5 if progress else 0}
     else:
         # Gurobi's default integrality tolerance (1e-5) let its reported objective drift 1e-5 (relative)
         # from the true cost of the set it returned; tighten it so cross-checks can stay strict.
         kwargs["solver_options"] = {"IntFeasTol": 1e-9}
-    res = opt.solve(model, **kwargs)
+    if engine == "scip":
+        res = _solve_without_fd_capture(opt, model, kwargs)
+    else:
+        res = opt.solve(model, **kwargs)
     info = {"engine": engine, "formulation": formulation, "termination": str(res.termination_condition)}
     if res.incumbent_objective is None:
         raise SolverUnavailableError(f"engine {engine!r} returned no solution ({res.termination_condition}); "
