@@ -40,34 +40,22 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------
 # Argument helpers
 # ---------------------------------------------------------------------------------------------
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _float_in(accept, message: str):
+    """An argparse type: a finite float for which ``accept(value)`` holds, else "<message>, got …"."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{message}, got {text!r}") from None
+        if not math.isfinite(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
+        return value
+    return parse
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return value
-
-
-def _sparsity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1] (a fraction of the weights), got {text}")
-    return value
+_positive_float = _float_in(lambda v: v > 0, "expected a positive number")
+_nonneg_float = _float_in(lambda v: v >= 0, "expected a non-negative number")
+_sparsity = _float_in(lambda v: 0.0 <= v <= 1.0, "sparsity must be in [0, 1] (a fraction of the weights)")
 
 
 def _positive_int(text: str) -> int:
