@@ -38,6 +38,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from .torch_lowrank import resolve_device, resolve_dtype  # noqa: F401  (re-exported)
+
 __all__ = ["LowRankForm", "KeptState", "fit", "resolve_device", "resolve_dtype", "DENSE_CONVERT_LIMIT"]
 
 # A dense hessian (or an undamped low-rank F) is converted to a square-root form up to this size.
@@ -45,30 +47,6 @@ DENSE_CONVERT_LIMIT = 4096
 # Columns of A processed at once by the N²-per-column passes (bounds the float64 scratch memory).
 CHUNK_COLUMNS = 8192
 _BETA_FLOOR = 1e-15
-
-
-def resolve_device(device) -> torch.device:
-    """``device`` option → ``torch.device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a device)."""
-    try:
-        dev = torch.device("cpu" if device is None else device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'cpu', 'cuda' or a torch.device, got {device!r}") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine")
-    return dev
-
-
-def resolve_dtype(dtype) -> torch.dtype:
-    """``dtype`` option → ``torch.float32`` / ``torch.float64``."""
-    table = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64,
-             "float": torch.float32, torch.float64: torch.float64, torch.float32: torch.float32,
-             np.float64: torch.float64, np.float32: torch.float32}
-    try:
-        return table[dtype]
-    except (KeyError, TypeError):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
 
 
 @dataclass
