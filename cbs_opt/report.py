@@ -200,6 +200,20 @@ def _comparison_records(records):
     return main or list(records)
 
 
+
+def _legend_right(ax, **kw) -> None:
+    """The legend outside the axes, on the right (the curves stay visible)."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, **kw)
+
+
+def _save(fig, path) -> bool:
+    """Lay out, write the PNG and free the figure; → True (the plot was written)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return True
+
+
 def plot_objective_vs_sparsity(records, path: str | os.PathLike, *, objective_kind: str | None = None) -> bool:
     """Total objective per solver vs sparsity over the instances every solver finished; → wrote?"""
     plt = _plt()
@@ -260,13 +274,9 @@ def plot_objective_vs_sparsity(records, path: str | os.PathLike, *, objective_ki
     ax2.set_ylabel(f"total objective / {ref_label}")
     ax2.set_title("Relative to the optimum (1 = optimal)")
     ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
-               title=("not on every block:\n" + ", ".join(sorted(partial))) if partial else None,
-               title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    _legend_right(ax2, title=("not on every block:\n" + ", ".join(sorted(partial))) if partial else None,
+                  title_fontsize=7)
+    return _save(fig, path)
 
 
 def plot_gaps(records, path: str | os.PathLike) -> bool:
@@ -304,11 +314,8 @@ def plot_gaps(records, path: str | os.PathLike) -> bool:
     ref = "proven optimum" if all(r.reference_kind == "optimum" for r in records) else "best known objective"
     ax.set_title(f"Gap of each heuristic to the {ref}: one dot per block, bar = mean")
     ax.grid(True, axis="y", which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, markerscale=1.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    _legend_right(ax, markerscale=1.8)
+    return _save(fig, path)
 
 
 def plot_time_vs_size(records, path: str | os.PathLike) -> bool:
@@ -358,11 +365,8 @@ def plot_time_vs_size(records, path: str | os.PathLike) -> bool:
     ax.set_title(f"Solve time vs block size at sparsity {target:g} (hollow circle = time limit hit)",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    _legend_right(ax)
+    return _save(fig, path)
 
 
 def plot_accuracy(network, path: str | os.PathLike) -> bool:
@@ -391,10 +395,7 @@ def plot_accuracy(network, path: str | os.PathLike) -> bool:
     ax.set_title(f"{rows[0].network}: {rows[0].metric} of the pruned network")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _exact_backends() -> set[str]:
