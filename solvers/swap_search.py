@@ -244,6 +244,19 @@ def _status(stopped: str) -> Status:
 
 
 # -- backends -----------------------------------------------------------------------------------------
+
+def _setup(problem, device, dtype, epsilon, time_limit):
+    """Common start of both backends → the trivial answer (m = 0 or p), or
+    ``(device, dtype, epsilon, deadline, form)``."""
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    epsilon = _check_epsilon(epsilon, dt)
+    deadline = Deadline(time_limit)
+    trivial = _trivial(problem)
+    if trivial is not None:
+        return trivial
+    # Built before the initial set: it refuses a singular F clearly.
+    return dev, dt, epsilon, deadline, LowRankForm.from_problem(problem, dev, dt)
+
 @register("iht", description="CHITA-style hard-thresholding pursuit on the update objective "
                              "(exact low-rank refits, torch CPU/CUDA)", objectives=("update",))
 def solve_iht(problem, *, seed: int, time_limit: float | None, progress: bool, init="obs",
@@ -258,13 +271,10 @@ def solve_iht(problem, *, seed: int, time_limit: float | None, progress: bool, i
     """
     max_iter = _check_int("max_iter", max_iter, 0)
     _check_choice("scaling", scaling, SCALINGS)
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    epsilon = _check_epsilon(epsilon, dt)
-    deadline = Deadline(time_limit)
-    trivial = _trivial(problem)
-    if trivial is not None:
-        return trivial
-    form = LowRankForm.from_problem(problem, dev, dt)  # first: it refuses a singular F clearly
+    setup = _setup(problem, device, dtype, epsilon, time_limit)
+    if isinstance(setup, BackendResult):
+        return setup
+    dev, dt, epsilon, deadline, form = setup
     pruned0 = _initial_pruned(problem, init, seed=seed, deadline=deadline, allowed=INITS)
     stats = SearchStats()
     with _bar(progress, "iht") as bar:
@@ -305,13 +315,10 @@ def solve_update_swap(problem, *, seed: int, time_limit: float | None, progress:
     kick_size = _check_int("kick_size", kick_size, 1)
     refresh = _check_int("refresh", refresh, 1)
     iht_iter = _check_int("iht_iter", iht_iter, 0)
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    epsilon = _check_epsilon(epsilon, dt)
-    deadline = Deadline(time_limit)
-    trivial = _trivial(problem)
-    if trivial is not None:
-        return trivial
-    form = LowRankForm.from_problem(problem, dev, dt)  # first: it refuses a singular F clearly
+    setup = _setup(problem, device, dtype, epsilon, time_limit)
+    if isinstance(setup, BackendResult):
+        return setup
+    dev, dt, epsilon, deadline, form = setup
     if isinstance(init, str) and init == "auto":
         from .registry import available
         init = "greedy_swap" if "greedy_swap" in available() else "obs"
