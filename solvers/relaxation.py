@@ -21,6 +21,9 @@ few Frank–Wolfe steps. The feasible answer is the best of three roundings: kee
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 
 from .base import BackendResult, Deadline, Status
@@ -33,7 +36,17 @@ __all__ = ["solve_relaxation", "relaxation_point"]
 
 def _highs():
     import highspy
-    h = highspy.Highs()
+    # The constructor prints a banner on the C-level stdout before any option can silence it;
+    # send file descriptor 1 to /dev/null for that moment so `cbs-opt solve` output stays clean.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)
     # HiGHS's active-set QP can cycle on degenerate instances (tied weights): cap it; a capped round
