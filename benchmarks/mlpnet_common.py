@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # benchmarks run as scripts from a checkout
     sys.path.insert(0, str(REPO))
 
 from cbs_opt import Problem  # noqa: E402
-from cbs_opt.mnist import MEAN, STD, MLPNet, load_mnist as _load_mnist_idx  # noqa: E402,F401
+from cbs_opt.mnist import MLPNet, load_mnist as _load_mnist_idx  # noqa: E402
 from cbs_opt.fisher import per_sample_gradients  # noqa: E402
 
 PARAM_NAMES = ("fc1.weight", "fc2.weight", "fc3.weight")

@@ -17,7 +17,6 @@ Each block is a :class:`Block` whose ``problem`` has ``n_prune=0``; callers pick
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal, Sequence, Union

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import numpy as np

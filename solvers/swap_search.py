@@ -59,9 +59,7 @@ class SearchStats:
 
 
 # -- option checking ---------------------------------------------------------------------------------
-def _check_int(name: str, value, low: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
+def _check_int(name: str, value, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)

@@ -20,7 +20,6 @@ and :class:`FsTracker` (``values``, ``full``, ``add``, ``quad``, ``refresh``).
 """
 from __future__ import annotations
 
-import math
 import warnings
 import weakref
 

@@ -1,7 +1,6 @@
 """relaxation: its bound never exceeds the optimum; its rounding is feasible; it beats the big-M bound."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from cbs_opt.instances import FAMILIES, random_problem
