@@ -7,6 +7,9 @@ Pyomo model (low-rank big-M MIQP). Prints a Markdown table: seconds (or the gap 
 
     python benchmarks/miqp_capacity.py --quick
     python benchmarks/miqp_capacity.py --time-limit 60 --sizes 20 30 40
+    python benchmarks/miqp_capacity.py --engines highs highs:best_first highs:leaps --no-real
+
+``miqp/highs`` is the default ``search="auto"`` (leaps-and-bounds or best-first by the measured rule).
 """
 from __future__ import annotations
 
@@ -48,9 +51,12 @@ def real_blocks(data: str | None, n_samples: int, damping: float, quick: bool):
 
 
 def run(prob: Problem, engine: str, time_limit: float):
+    """One solve; ``engine`` is an engine name, or ``highs:<search>`` to force the highs engine's search."""
+    engine, _, search = engine.partition(":")
+    options = {"search": search} if search else {}
     t = time.perf_counter()
     try:
-        sol = solve(prob, "miqp", engine=engine, time_limit=time_limit)
+        sol = solve(prob, "miqp", engine=engine, time_limit=time_limit, **options)
     except Exception as exc:  # an engine refusing (licence size) is a result, not a crash
         return {"text": f"error: {type(exc).__name__}", "obj": None}
     secs = time.perf_counter() - t
@@ -66,7 +72,8 @@ def main(argv=None):
     ap.add_argument("--time-limit", type=float, default=None, help="seconds per solve (default 60; quick 20)")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="generated block sizes p")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9])
-    ap.add_argument("--engines", nargs="+", default=["highs", "gurobi", "scip"])
+    ap.add_argument("--engines", nargs="+", default=["highs", "gurobi", "scip"],
+                    help="engines; highs:leaps / highs:best_first force the highs engine's search")
     ap.add_argument("--no-real", action="store_true", help="skip the MLPNet blocks")
     ap.add_argument("--data", default=None, help="reference data folder (default $CBS_OPT_DATA or ../shared/data)")
     ap.add_argument("--seed", type=int, default=0)

@@ -2,24 +2,38 @@
 
 Engines
 -------
-``engine="highs"`` (default) — HiGHS refuses MIQPs, so the exact method is our own branch-and-bound over
-keep-sets (:mod:`solvers.exact_bnb`) on the convex under-estimator ``φ`` of :mod:`solvers.exact_core`
-(perspective form for "update", diagonally shifted QP for "selection"), with:
+``engine="highs"`` (default) — HiGHS refuses MIQPs, so the exact method is our own search over keep-sets,
+one of two (``search=``; ``"auto"`` picks by :func:`_leaps_applies`, the rule measured in
+``docs/benchmarks/miqp_capacity.md``):
 
-* node bounds that are proven by construction — tangents ``φ(z̄) + min_{z ∈ node} ∇φ(z̄)ᵀ(z − z̄)``
-  (a sort), from a pool of all global tangents seen and from a few warm-started Frank–Wolfe steps per node;
-  the tangent at "keep every free weight" dominates the classic monotone bound;
-* for "update", node relaxations on the node's *reduced* problem (:mod:`solvers.exact_node`: pruned
-  weights' cost and Newton point folded in, fixed-kept weights minimised out into a Schur complement) with
-  a node-specific eigenvalue shift — far tighter than the global ``λ`` split deep in the tree; the node's
-  final tangent also bounds both children before they are queued;
-* optionally (``root_relaxation=True``) the root perspective relaxation solved by HiGHS (the QP of
-  :mod:`solvers.relaxation`) to seed the cut pool and an incumbent. Off by default: measured on generated
-  and MLPNet blocks it never reduced the node count and cost 0.05–0.7 s, because the Frank–Wolfe pool
-  reaches the same root bound. So on the default path HiGHS does no work; the name ``engine="highs"``
-  stands for "no commercial/external MIQP solver needed";
-* incumbents from swap local search (started from OBS / magnitude) and from rounding node relaxations;
-  leaves are costed in closed form.
+* ``search="leaps"`` ("update" cost, positive definite ``F``) — depth-first *leaps and bounds*
+  (:mod:`solvers.exact_leaps`): the cost is ``½w̃ᵀFw̃ − ½gain(S)`` with a monotone ``gain``; a subtree that
+  may only add weights from a suffix of an ordered candidate list is bounded by the gain of keeping that
+  whole suffix (all suffixes from one Cholesky factorisation), the last two levels are evaluated in closed
+  form. No relaxation is involved. Strongest at high sparsity and whenever the kept set is small against
+  the rank of ``F`` (real blocks with N > p; low-rank blocks keeping fewer than N weights).
+* ``search="best_first"`` — best-first branch-and-bound (:mod:`solvers.exact_bnb`) on the convex
+  under-estimator ``φ`` of :mod:`solvers.exact_core` (perspective form for "update", diagonally shifted QP
+  for "selection"), with:
+
+  - node bounds that are proven by construction — tangents ``φ(z̄) + min_{z ∈ node} ∇φ(z̄)ᵀ(z − z̄)``
+    (a sort), from a pool of all global tangents seen and from a few warm-started Frank–Wolfe steps per
+    node; the tangent at "keep every free weight" dominates the classic monotone bound;
+  - for "update", node relaxations on the node's *reduced* problem (:mod:`solvers.exact_node`) with a
+    node-specific eigenvalue shift — far tighter than the global ``λ`` split deep in the tree; the node's
+    final tangent also bounds both children before they are queued;
+  - optionally (``root_relaxation=True``) the root perspective relaxation solved by HiGHS (the QP of
+    :mod:`solvers.relaxation`) to seed the cut pool and an incumbent. Off by default: measured on generated
+    and MLPNet blocks it never reduced the node count and cost 0.05–0.7 s;
+  - incumbents from rounding node relaxations; leaves are costed in closed form.
+
+  It is the stronger search on low-rank blocks that keep at least ``N`` weights (the cost is then
+  λ-sized and the perspective bounds carry it), and the only one for "selection" and for singular,
+  undamped ``F``.
+
+Both start from a swap-local-search incumbent (from OBS / magnitude). On the default path HiGHS does no
+work: the name ``engine="highs"`` stands for "no commercial/external MIQP solver needed"; HiGHS solves the
+``relaxation`` backend's QP and, on request, the best-first root.
 
 Status "optimal" only when ``best − bound ≤ max(abs_gap, rel_gap·|best|)``; on ``time_limit`` the best
 incumbent is returned with the proven bound and status "time_limit". With ``damping = 0`` and a singular
@@ -44,6 +58,7 @@ __all__ = ["solve_miqp", "build_model", "export_model", "ENGINES"]
 
 # Node-level shifts factor an |alive| × |alive| block per node: worth it for the block sizes exact search reaches.
 NODE_SHIFT_MAX_P = 400
+SEARCHES = ("auto", "leaps", "best_first")
 
 
 class _MonotoneOracle:
@@ -76,19 +91,63 @@ def _scores(problem) -> np.ndarray:
     return np.abs(problem.weights)
 
 
+def _leaps_applies(problem, monotone: bool) -> bool:
+    """Whether ``search="auto"`` picks leaps-and-bounds (measured rule, docs/benchmarks/miqp_capacity.md).
+
+    Leaps needs the "update" cost with a positive definite ``F`` (a dense ``p × p`` copy). Its monotone
+    bound bites once the candidate suffixes fall below the rank of ``F``; on low-rank blocks that keep at
+    least ``N`` weights the kept set can span every gradient direction, the cost is λ-sized and the
+    perspective bounds of best-first search are the stronger ones.
+    """
+    if monotone or problem.objective_kind != "update" or problem.p > NODE_SHIFT_MAX_P:
+        return False
+    curv = problem.curvature
+    return not (curv.is_low_rank and curv.n_samples < problem.p and problem.n_keep >= curv.n_samples)
+
+
+def _run_leaps(problem, oracle, z0, *, deadline, rel_gap, abs_gap, node_limit, progress):
+    """Leaps-and-bounds on the problem's dense ``F``; ``None`` when a factorisation fails numerically."""
+    from .exact_leaps import NumericalFailure, leaps_search
+    try:
+        return leaps_search(problem.curvature.dense(), problem.effective_weights, problem.n_keep, incumbent=z0,
+                            deadline=deadline, node_limit=node_limit, rel_gap=rel_gap, abs_gap=abs_gap,
+                            progress=progress)
+    except NumericalFailure:
+        return None
+
+
 def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float, node_limit: int | None,
-                 root_relaxation: bool, node_shift: bool) -> BackendResult:
+                 root_relaxation: bool, node_shift: bool, search: str) -> BackendResult:
     p, k = problem.p, problem.n_keep
     if k in (0, p):
         pruned = np.arange(p) if k == 0 else np.zeros(0, dtype=np.intp)
         value = problem.objective(pruned)
         return BackendResult(pruned=pruned, status=Status.OPTIMAL, bound=value, objective=value,
-                             info={"engine": "highs", "nodes": 0})
+                             info={"engine": "highs", "search": "closed form", "nodes": 0})
     oracle = make_oracle(problem)
     monotone = oracle is None
     if monotone:
         oracle = _MonotoneOracle(problem)
+    if search == "leaps" and (monotone or problem.objective_kind != "update"):
+        raise ValueError('search="leaps" needs objective="update" and a positive definite F '
+                         '(damping > 0 or a full-rank hessian)')
     z0, v0 = initial_incumbent(problem, oracle, _scores(problem))
+    # Absolute tolerance: a tiny fraction of the cost of pruning everything (a natural scale of the instance).
+    scale = abs(oracle.cut(np.zeros(p))[0]) + abs(v0)
+    abs_gap = 1e-13 * scale
+    use_leaps = search == "leaps" or (search == "auto" and _leaps_applies(problem, monotone))
+    if use_leaps:
+        result = _run_leaps(problem, oracle, z0, deadline=deadline, rel_gap=rel_gap, abs_gap=abs_gap,
+                            node_limit=node_limit, progress=progress)
+        if result is not None:
+            pruned = np.flatnonzero(~result.keep)
+            # Costs from gains are differences of O(w̃ᵀFw̃) numbers: report the cost recomputed from the set.
+            objective = problem.update_cost(pruned)
+            bound = min(result.bound + oracle.offset, objective)
+            status = _status(result.optimal, node_limit, result.nodes, deadline)
+            return BackendResult(pruned=pruned, status=status, bound=bound, objective=objective,
+                                 info={"engine": "highs", "search": "leaps", "nodes": result.nodes,
+                                       "bound_kind": "monotone suffix"})
     pool = CutPool(p)
     if root_relaxation and not monotone:
         from .relaxation import relaxation_point
@@ -101,27 +160,28 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
         keep, value, _ = local_search(cost, keep, max_evals=500)
         if value < v0:
             z0, v0 = keep, value
-    # Absolute tolerance: a tiny fraction of the cost of pruning everything (a natural scale of the instance).
-    scale = abs(oracle.cut(np.zeros(p))[0]) + abs(v0)
     reducer = None
     if node_shift and not monotone and problem.objective_kind == "update" and p <= NODE_SHIFT_MAX_P:
         from .exact_node import NodeReducer
         reducer = NodeReducer(problem.curvature.dense(), problem.effective_weights)
     result = branch_and_bound(problem, oracle, z0, v0, deadline=deadline, rel_gap=rel_gap,
-                              abs_gap=1e-13 * scale, progress=progress, node_limit=node_limit, pool=pool,
+                              abs_gap=abs_gap, progress=progress, node_limit=node_limit, pool=pool,
                               tangents=not monotone, reducer=reducer)
     pruned = np.flatnonzero(~result.keep)
-    if result.optimal:
-        status = Status.OPTIMAL
-    elif node_limit is not None and result.nodes >= node_limit and not deadline.expired():
-        status = Status.ITERATION_LIMIT
-    else:
-        status = Status.TIME_LIMIT
-    return BackendResult(pruned=pruned, status=status, bound=result.bound + oracle.offset,
-                         objective=result.value + oracle.offset,
-                         info={"engine": "highs", "nodes": result.nodes, "cuts": result.info.get("cuts", 0),
+    return BackendResult(pruned=pruned, status=_status(result.optimal, node_limit, result.nodes, deadline),
+                         bound=result.bound + oracle.offset, objective=result.value + oracle.offset,
+                         info={"engine": "highs", "search": "best_first", "nodes": result.nodes,
+                               "cuts": result.info.get("cuts", 0),
                                "bound_kind": "monotone" if monotone else "perspective" if
                                problem.objective_kind == "update" else "shifted QP"})
+
+
+def _status(optimal: bool, node_limit: int | None, nodes: int, deadline: Deadline) -> Status:
+    if optimal:
+        return Status.OPTIMAL
+    if node_limit is not None and nodes >= node_limit and not deadline.expired():
+        return Status.ITERATION_LIMIT
+    return Status.TIME_LIMIT
 
 
 @register("miqp", description="exact CBS MIQP: own branch-and-bound with HiGHS relaxations, or Gurobi/SCIP "
@@ -129,7 +189,8 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
           install_hint="pip install pyomo highspy")
 def solve_miqp(problem, *, seed: int, time_limit, progress: bool, engine: str = "highs",
                formulation: str = "auto", rel_gap: float = 1e-9, node_limit: int | None = None,
-               root_relaxation: bool = False, node_shift: bool = True, threads: int = 1) -> BackendResult:
+               root_relaxation: bool = False, node_shift: bool = True, search: str = "auto",
+               threads: int = 1) -> BackendResult:
     """Solve the CBS problem to proven optimality (module docstring).
 
     engine          "highs" (default, exact branch-and-bound), "gurobi" or "scip" (Pyomo model)
@@ -138,6 +199,8 @@ def solve_miqp(problem, *, seed: int, time_limit, progress: bool, engine: str = 
     node_limit      highs engine: stop after this many nodes (status "iteration_limit")
     root_relaxation highs engine: seed the search with the HiGHS root relaxation (off: measured not to pay)
     node_shift      highs engine, "update": node relaxations with node-level eigenvalue shifts
+    search          highs engine: "auto" (default), "leaps" (depth-first leaps-and-bounds, "update" only) or
+                    "best_first" (perspective branch-and-bound); "auto" picks by the rule in _leaps_applies
     threads         gurobi engine threads (1 for fair comparisons)
     """
     if not isinstance(rel_gap, (int, float)) or not 0 <= rel_gap < 1:
@@ -145,10 +208,13 @@ def solve_miqp(problem, *, seed: int, time_limit, progress: bool, engine: str = 
     if node_limit is not None and (isinstance(node_limit, bool) or not isinstance(node_limit, (int, np.integer))
                                    or node_limit < 1):
         raise ValueError(f"node_limit must be a positive integer or None, got {node_limit!r}")
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     deadline = Deadline(time_limit)
     if engine == "highs":
         return _solve_highs(problem, deadline=deadline, progress=progress, rel_gap=float(rel_gap),
-                            node_limit=node_limit, root_relaxation=root_relaxation, node_shift=node_shift)
+                            node_limit=node_limit, root_relaxation=root_relaxation, node_shift=node_shift,
+                            search=search)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {('highs',) + tuple(ENGINES)}, got {engine!r}")
     return solve_with_engine(problem, engine, time_limit=time_limit, formulation=formulation,

@@ -1,0 +1,161 @@
+"""Leaps-and-bounds search of the miqp backend: exact against brute force, honest when stopped, auto rule."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import solvers.miqp as miqp_module
+from brute import brute_force, dense_f
+from cbs_opt import Problem
+from cbs_opt.instances import FAMILIES, random_problem
+from solvers import solve
+from solvers.base import Deadline
+from solvers.exact_leaps import NumericalFailure, _suffix_gains, leaps_search
+
+REL = 1e-7
+
+
+def _close(a, b):
+    return abs(a - b) <= REL * max(abs(b), 1e-12)
+
+
+def _gain(F, w, keep):
+    c = F @ w
+    kk = np.flatnonzero(keep)
+    return float(c[kk] @ np.linalg.solve(F[np.ix_(kk, kk)], c[kk]))
+
+
+def test_suffix_gains_match_direct_solves():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(6, 9))
+    S = A.T @ A + 0.1 * np.eye(9)
+    c = rng.normal(size=9)
+    got = _suffix_gains(S, c)
+    for t in range(9):
+        want = c[t:] @ np.linalg.solve(S[t:, t:], c[t:])
+        assert got[t] == pytest.approx(want, rel=1e-10)
+    assert np.all(np.diff(got) <= 1e-12)    # monotone: shorter suffixes never gain more
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_leaps_search_matches_brute_force(seed):
+    """Against an independent itertools enumeration of F's keep-sets (gain and cost)."""
+    rng = np.random.default_rng(seed)
+    p = int(rng.integers(5, 13))
+    k = int(rng.integers(1, p + 1))
+    N = int(rng.integers(1, 2 * p))
+    G = rng.normal(size=(N, p)) * np.exp(rng.normal(size=p))
+    F = dense_f(None, G, 1e-3)
+    w = rng.normal(size=p)
+    res = leaps_search(F, w, k)
+    assert res.optimal and res.keep.sum() == k
+    best = max(_gain(F, w, np.isin(np.arange(p), s)) for s in itertools.combinations(range(p), k))
+    total = w @ F @ w
+    assert _close(0.5 * (total - _gain(F, w, res.keep)), 0.5 * (total - best))
+    # value is a difference of O(wᵀFw) numbers: relative to the optimum, plus rounding of that scale
+    assert abs(res.value - 0.5 * (total - best)) <= REL * 0.5 * (total - best) + 1e-12 * total
+    assert res.bound <= res.value
+
+
+CASES = [(fam, seed) for fam in FAMILIES for seed in range(6)]
+
+
+@pytest.mark.parametrize("family,seed", CASES)
+def test_both_searches_match_enumeration(family, seed):
+    """Every family (ties, λI, cancelling pairs), gradients, N < p and N > p: both searches hit the optimum."""
+    rng = np.random.default_rng(100 + seed)
+    p = int(rng.integers(6, 15))
+    prob = random_problem(p, seed=seed, family=family, sparsity=[0.25, 0.5, 0.75, 0.9][seed % 4],
+                          gradient=seed % 2 == 1, n_samples=None if seed % 3 else 2 * p)
+    ref = solve(prob, "enumerate")
+    for search in ("leaps", "best_first"):
+        sol = solve(prob, "miqp", search=search)
+        assert sol.status == "optimal" and sol.info["search"] in (search, "closed form")
+        assert _close(sol.objective, ref.objective), (search, sol.objective, ref.objective)
+        assert sol.bound <= ref.objective + 1e-9 * abs(ref.objective) + 1e-15
+
+
+def test_brute_force_reference_on_dense_hessian_with_gradient():
+    rng = np.random.default_rng(5)
+    M = rng.normal(size=(11, 11))
+    H = M @ M.T / 11
+    w, g = rng.normal(size=11), 0.1 * rng.normal(size=11)
+    prob = Problem(w, hessian=H, damping=1e-2, n_prune=7, gradient=g)
+    sol = solve(prob, "miqp", search="leaps")
+    ref, _ = brute_force(dense_f(w, hessian=H, damping=1e-2), w, 7, "update", gradient=g)
+    assert sol.status == "optimal" and _close(sol.objective, ref)
+
+
+def test_stopped_search_is_honest():
+    """A node or time limit returns the incumbent with a bound below the true optimum, never "optimal"."""
+    prob = random_problem(30, seed=0, sparsity=0.75)     # thousands of nodes (N = 15, keep 8 of 30)
+    full = solve(prob, "miqp", search="leaps")
+    assert full.status == "optimal" and full.info["nodes"] > 1000
+    opt = full.objective
+    for options in ({"node_limit": 5}, {"time_limit": 1e-9}):
+        sol = solve(prob, "miqp", search="leaps", **options)
+        assert sol.status in ("iteration_limit", "time_limit")
+        assert sol.bound <= opt + 1e-12 and sol.objective >= opt - 1e-12
+    F, w = prob.curvature.dense(), prob.effective_weights
+    stopped = leaps_search(F, w, prob.n_keep, node_limit=3)
+    assert not stopped.optimal and stopped.bound <= opt - prob.update_constant + 1e-12
+    expired = leaps_search(F, w, prob.n_keep, deadline=Deadline(0.0))
+    assert not expired.optimal and expired.bound <= stopped.value
+
+
+def test_incumbent_is_kept_when_optimal():
+    prob = random_problem(12, seed=1, sparsity=0.5, n_samples=40)
+    ref = solve(prob, "enumerate")
+    F, w = prob.curvature.dense(), prob.effective_weights
+    res = leaps_search(F, w, prob.n_keep, incumbent=ref.mask)
+    assert res.optimal and _close(res.value + prob.update_constant, ref.objective)
+
+
+def test_auto_rule():
+    """Low-rank blocks keeping ≥ N weights go best-first; high sparsity and full-rank blocks go leaps."""
+    low_rank_dense_keep = random_problem(20, seed=0, sparsity=0.5)          # N = 10, keep 10
+    low_rank_sparse_keep = random_problem(20, seed=0, sparsity=0.75)        # N = 10, keep 5
+    full_rank = random_problem(20, seed=0, sparsity=0.5, n_samples=50)
+    assert solve(low_rank_dense_keep, "miqp").info["search"] == "best_first"
+    assert solve(low_rank_sparse_keep, "miqp").info["search"] == "leaps"
+    assert solve(full_rank, "miqp").info["search"] == "leaps"
+    assert solve(full_rank.with_objective("selection"), "miqp").info["search"] == "best_first"
+
+
+def test_numerical_failure_falls_back_to_best_first(monkeypatch):
+    def broken(*args, **kwargs):
+        raise NumericalFailure("test")
+
+    monkeypatch.setattr("solvers.exact_leaps.leaps_search", broken)
+    prob = random_problem(12, seed=3, sparsity=0.75, n_samples=30)
+    sol = solve(prob, "miqp", search="leaps")
+    assert sol.info["search"] == "best_first" and sol.status == "optimal"
+    assert _close(sol.objective, solve(prob, "enumerate").objective)
+
+
+def test_bad_search_options():
+    prob = random_problem(8, seed=0)
+    with pytest.raises(ValueError, match="search"):
+        solve(prob, "miqp", search="dfs")
+    with pytest.raises(ValueError, match="search"):
+        solve(prob.with_objective("selection"), "miqp", search="leaps")
+    rng = np.random.default_rng(0)
+    singular = Problem(rng.normal(size=8), rng.normal(size=(3, 8)), damping=0.0, n_prune=4)
+    with pytest.raises(ValueError, match="positive definite"):
+        solve(singular, "miqp", search="leaps")
+    with pytest.raises(ValueError, match="k must"):
+        leaps_search(np.eye(3), np.ones(3), 0)
+    assert miqp_module.SEARCHES == ("auto", "leaps", "best_first")
+
+
+def test_searches_agree_beyond_the_small_grid():
+    """p = 22, keep 5 of N = 11 gradients (the regime leaps exists for): both searches and enumeration agree."""
+    prob = random_problem(22, seed=4, sparsity=0.75)
+    ref = solve(prob, "enumerate")
+    leaps = solve(prob, "miqp", search="leaps")
+    best_first = solve(prob, "miqp", search="best_first")
+    for sol in (leaps, best_first):
+        assert sol.status == "optimal" and _close(sol.objective, ref.objective)
+    assert leaps.info["search"] == "leaps" and best_first.info["search"] == "best_first"
