@@ -159,3 +159,10 @@ def test_searches_agree_beyond_the_small_grid():
     for sol in (leaps, best_first):
         assert sol.status == "optimal" and _close(sol.objective, ref.objective)
     assert leaps.info["search"] == "leaps" and best_first.info["search"] == "best_first"
+
+
+def test_progress_bar_names_the_search(capsys):
+    prob = random_problem(30, seed=0, sparsity=0.75)          # > 256 nodes, so the bar updates
+    sol = solve(prob, "miqp", search="leaps", progress=True)
+    assert sol.status == "optimal"
+    assert "leaps-and-bounds" in capsys.readouterr().err
