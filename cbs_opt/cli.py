@@ -69,7 +69,7 @@ def _positive_int(text: str) -> int:
 
 
 def _options(items: Sequence[str] | None) -> dict[str, Any]:
-    from .study import _parse_value
+    from .study.spec import _parse_value
 
     out: dict[str, Any] = {}
     for item in items or ():
@@ -249,7 +249,8 @@ def cmd_solve(args) -> int:
     import solvers
 
     from .problem import Problem
-    from .study import Tolerances, _precision
+    from .study import Tolerances
+    from .study.runner import _precision
 
     path = Path(args.problem)
     problem = Problem.load(path)
