@@ -147,7 +147,7 @@ def test_bad_search_options():
         solve(singular, "miqp", search="leaps")
     with pytest.raises(ValueError, match="k must"):
         leaps_search(np.eye(3), np.ones(3), 0)
-    assert miqp_module.SEARCHES == ("auto", "leaps", "best_first")
+    assert miqp_module.SEARCHES == ("auto", "leaps", "best_first", "milp")
 
 
 def test_searches_agree_beyond_the_small_grid():
