@@ -97,44 +97,33 @@ def solver_summary(records) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def gap_table(records) -> tuple[list[str], list[list[str]]]:
-    """Mean (max) relative gap to the reference, solver × sparsity."""
-    sparsities = sorted({r.sparsity for r in records})
+def _pivot(records, column, label, keep, cell) -> tuple[list[str], list[list[str]]]:
+    """A solver × ``column(record)`` table: ``cell(records)`` over the kept records of each cell, "–" if none."""
+    columns = sorted({column(r) for r in records})
     cells = defaultdict(list)
     for r in records:
-        if r.gap is not None:
-            cells[r.solver, r.sparsity].append(r.gap)
-    header = ["solver"] + [f"sparsity {s:g}" for s in sparsities]
-    rows = []
-    for name in _solver_order(records):
-        row = [name]
-        for s in sparsities:
-            g = cells.get((name, s))
-            row.append(f"{_pct(float(np.mean(g)))} ({_pct(max(g))})" if g else "–")
-        rows.append(row)
+        if keep(r):
+            cells[r.solver, column(r)].append(r)
+    header = ["solver"] + [label(c) for c in columns]
+    rows = [[name] + [cell(cells[name, c]) if cells.get((name, c)) else "–" for c in columns]
+            for name in _solver_order(records)]
     return header, rows
+
+
+def gap_table(records) -> tuple[list[str], list[list[str]]]:
+    """Mean (max) relative gap to the reference, solver × sparsity."""
+    def cell(rs):
+        gaps = [r.gap for r in rs]
+        return f"{_pct(float(np.mean(gaps)))} ({_pct(max(gaps))})"
+    return _pivot(records, lambda r: r.sparsity, lambda s: f"sparsity {s:g}", lambda r: r.gap is not None, cell)
 
 
 def time_table(records) -> tuple[list[str], list[list[str]]]:
     """Median solve seconds, solver × block size (``*`` = some runs hit the time limit)."""
-    sizes = sorted({r.p for r in records})
-    cells = defaultdict(list)
-    for r in records:
-        if r.seconds is not None:
-            cells[r.solver, r.p].append(r)
-    header = ["solver"] + [f"p={p}" for p in sizes]
-    rows = []
-    for name in _solver_order(records):
-        row = [name]
-        for p in sizes:
-            rs = cells.get((name, p))
-            if not rs:
-                row.append("–")
-                continue
-            star = "*" if any(r.status == "time_limit" for r in rs) else ""
-            row.append(f"{median(r.seconds for r in rs):.3g}{star}")
-        rows.append(row)
-    return header, rows
+    def cell(rs):
+        star = "*" if any(r.status == "time_limit" for r in rs) else ""
+        return f"{median(r.seconds for r in rs):.3g}{star}"
+    return _pivot(records, lambda r: r.p, lambda p: f"p={p}", lambda r: r.seconds is not None, cell)
 
 
 def accuracy_table(network) -> tuple[list[str], list[list[str]]]:
