@@ -166,3 +166,18 @@ def test_progress_bar_names_the_search(capsys):
     sol = solve(prob, "miqp", search="leaps", progress=True)
     assert sol.status == "optimal"
     assert "leaps-and-bounds" in capsys.readouterr().err
+
+
+def test_large_blocks_probe_with_leaps_then_go_best_first(monkeypatch):
+    """Above LEAPS_FULL_P, "auto" gives leaps a bounded probe; an unfinished probe hands over its incumbent."""
+    monkeypatch.setattr(miqp_module, "LEAPS_FULL_P", 5)
+    prob = random_problem(14, seed=2, sparsity=0.75, n_samples=30)
+    ref = solve(prob, "enumerate")
+    monkeypatch.setattr(miqp_module, "LEAPS_PROBE_NODES", 1)
+    handed_over = solve(prob, "miqp")
+    assert handed_over.info["search"] == "best_first" and handed_over.info["leaps_probe_nodes"] >= 1
+    assert handed_over.status == "optimal" and _close(handed_over.objective, ref.objective)
+    monkeypatch.setattr(miqp_module, "LEAPS_PROBE_NODES", 10**6)
+    finished = solve(prob, "miqp")
+    assert finished.info["search"] == "leaps" and finished.status == "optimal"
+    assert _close(finished.objective, ref.objective)
