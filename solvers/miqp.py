@@ -210,13 +210,13 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
                               node_limit=SELECTION_PROBE_NODES if portfolio else node_limit, pool=pool,
                               tangents=not monotone, reducer=reducer)
     pruned = np.flatnonzero(~result.keep)
-    result.nodes += leaps_nodes
     if portfolio and not result.optimal and not deadline.expired():
         return _run_selection_milp(problem, pruned, result.bound + oracle.offset, deadline=deadline,
                                    rel_gap=rel_gap, progress=progress, probe_nodes=result.nodes)
-    return BackendResult(pruned=pruned, status=_status(result.optimal, node_limit, result.nodes, deadline),
+    nodes = result.nodes + leaps_nodes
+    return BackendResult(pruned=pruned, status=_status(result.optimal, node_limit, nodes, deadline),
                          bound=result.bound + oracle.offset, objective=result.value + oracle.offset,
-                         info={"engine": "highs", "search": "best_first", "nodes": result.nodes,
+                         info={"engine": "highs", "search": "best_first", "nodes": nodes,
                                "leaps_probe_nodes": leaps_nodes,
                                "cuts": result.info.get("cuts", 0),
                                "bound_kind": "monotone" if monotone else "perspective" if
@@ -256,8 +256,8 @@ def _status(optimal: bool, node_limit: int | None, nodes: int, deadline: Deadlin
     return Status.TIME_LIMIT
 
 
-@register("miqp", description="exact CBS MIQP: own branch-and-bound with HiGHS relaxations, or Gurobi/SCIP "
-                              "via Pyomo", exact=True, requires=("pyomo", "highspy"),
+@register("miqp", description="exact CBS MIQP: own leaps-and-bounds / branch-and-bound (HiGHS MILP for "
+                              "selection), or Gurobi/SCIP via Pyomo", exact=True, requires=("pyomo", "highspy"),
           install_hint="pip install pyomo highspy")
 def solve_miqp(problem, *, seed: int, time_limit, progress: bool, engine: str = "highs",
                formulation: str = "auto", rel_gap: float = 1e-9, node_limit: int | None = None,
