@@ -206,6 +206,7 @@ class DenseCurvature(Curvature):
     """``F = H + λI`` for a user-given dense symmetric PSD ``H``."""
 
     def __init__(self, hessian: np.ndarray, damping: float = 0.0):
+        self.hessian = hessian  # undamped, as given
         self.H = hessian + damping * np.eye(hessian.shape[0]) if damping else hessian
         self.p = hessian.shape[0]
         self.damping = float(damping)

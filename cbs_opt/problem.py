@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from .curvature import Curvature, DenseCurvature, LowRankCurvature
+from .errors import ArgumentTypeError, InvalidArgumentError
 from .validation import as_float_array, as_index_set, check_count, check_nonnegative
 
 __all__ = ["Problem", "OBJECTIVES"]
@@ -41,20 +42,44 @@ class Problem:
     damping : float ≥ 0 — ``λ``.
     n_prune : int in [0, p] — ``m``, how many weights to prune. Or give
     sparsity : float in [0, 1] — then ``m = round(sparsity · p)``.
+    curvature : a prebuilt :class:`~cbs_opt.curvature.Curvature` instead of grads/hessian — shared by
+        reference between problems (e.g. every row of a layer), so its factorisations are computed once.
     objective : "update" (default) or "selection".
     gradient : (p,) array, optional — the first-order term ``ḡ`` (mean gradient).
     """
 
     def __init__(self, weights, grads=None, damping: float = 0.0, n_prune: int | None = None, *,
                  hessian=None, objective: ObjectiveKind = "update", gradient=None,
-                 sparsity: float | None = None):
+                 sparsity: float | None = None, curvature: Curvature | None = None):
         self.weights = as_float_array("weights", weights, 1)
         p = self.weights.size
         if p == 0:
             raise ValueError("weights must not be empty")
+        if curvature is not None:
+            # A curvature built once and shared by reference (the rows of a layer, the blocks of a study):
+            # validated when it was built, never copied here.
+            if grads is not None or hessian is not None:
+                raise InvalidArgumentError("give one of grads, hessian or curvature, not several")
+            if not isinstance(curvature, Curvature):
+                raise ArgumentTypeError(f"curvature must be a cbs_opt.curvature.Curvature, "
+                                        f"got {type(curvature).__name__}")
+            if curvature.p != p:
+                raise InvalidArgumentError(f"curvature is over {curvature.p} weights but weights has {p}")
+            if damping:
+                raise InvalidArgumentError("damping belongs to the shared curvature; build it with the damping")
+            self.damping = float(curvature.damping)
+            self.curvature: Curvature = curvature
+            self.grads = getattr(curvature, "grads", None) if curvature.is_low_rank else None
+            self.hessian = None if curvature.is_low_rank else curvature.hessian
+        else:
+            self._init_curvature(p, grads, hessian, damping)
+        self._init_budget(p, objective, n_prune, sparsity, gradient)
+
+    def _init_curvature(self, p: int, grads, hessian, damping) -> None:
         self.damping = check_nonnegative("damping", damping)
         if (grads is None) == (hessian is None):
-            raise ValueError("give exactly one of grads (per-sample gradients) or hessian (dense F)")
+            raise InvalidArgumentError("give exactly one of grads (per-sample gradients), hessian (dense F) "
+                                       "or curvature (a shared Curvature)")
         if grads is not None:
             self.grads = as_float_array("grads", grads, 2)
             if self.grads.shape[1] != p:
@@ -76,6 +101,8 @@ class Problem:
                 raise ValueError(f"hessian must be positive semidefinite (smallest eigenvalue {lowest:.3g})")
             self.grads = None
             self.curvature = DenseCurvature(self.hessian, self.damping)
+
+    def _init_budget(self, p: int, objective, n_prune, sparsity, gradient) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.objective_kind: ObjectiveKind = objective
@@ -93,7 +120,7 @@ class Problem:
         if self.gradient is not None and self.gradient.size != p:
             raise ValueError(f"gradient must have shape ({p},), got {self.gradient.shape}")
         for arr in (self.weights, self.grads, self.hessian, self.gradient):
-            if arr is not None:
+            if arr is not None and arr.flags.owndata:
                 arr.flags.writeable = False
 
     # -- sizes -----------------------------------------------------------------------------------

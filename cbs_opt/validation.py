@@ -5,6 +5,8 @@ import numbers
 
 import numpy as np
 
+from .errors import ArgumentTypeError, InvalidArgumentError
+
 __all__ = ["as_float_array", "as_index_set", "check_nonnegative", "check_count"]
 
 
@@ -18,35 +20,35 @@ def _to_numpy(value):
 def as_float_array(name: str, value, ndim: int, *, copy: bool = True) -> np.ndarray:
     """A finite float64 array with ``ndim`` dimensions (a private copy by default)."""
     if value is None:
-        raise ValueError(f"{name} is required")
+        raise InvalidArgumentError(f"{name} is required")
     value = _to_numpy(value)
     try:
         arr = np.array(value, dtype=np.float64, copy=copy)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
+        raise ArgumentTypeError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
     if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+        raise InvalidArgumentError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise InvalidArgumentError(f"{name} contains NaN or inf")
     return arr
 
 
 def check_nonnegative(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        raise InvalidArgumentError(f"{name} must be finite and >= 0, got {value}")
     return value
 
 
 def check_count(name: str, value, upper: int) -> int:
     """An integer in ``[0, upper]``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{name} must be an integer, got {type(value).__name__}")
     value = int(value)
     if not 0 <= value <= upper:
-        raise ValueError(f"{name} must be in [0, {upper}], got {value}")
+        raise InvalidArgumentError(f"{name} must be in [0, {upper}], got {value}")
     return value
 
 
@@ -55,16 +57,16 @@ def as_index_set(name: str, value, p: int) -> np.ndarray:
     value = _to_numpy(value)
     arr = np.asarray(value)
     if arr.dtype == bool:
-        raise TypeError(f"{name} must be integer indices, not a boolean mask "
+        raise ArgumentTypeError(f"{name} must be integer indices, not a boolean mask "
                         "(use np.flatnonzero(mask) for the positions you mean)")
     if arr.size == 0:
         return np.zeros(0, dtype=np.intp)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must be a 1-D array of integer indices, got dtype {arr.dtype} "
+        raise ArgumentTypeError(f"{name} must be a 1-D array of integer indices, got dtype {arr.dtype} "
                         f"and shape {arr.shape}")
     if arr.min() < 0 or arr.max() >= p:
-        raise ValueError(f"{name} has indices outside [0, {p})")
+        raise InvalidArgumentError(f"{name} has indices outside [0, {p})")
     out = np.unique(arr).astype(np.intp)
     if out.size != arr.size:
-        raise ValueError(f"{name} has repeated indices")
+        raise InvalidArgumentError(f"{name} has repeated indices")
     return out

@@ -9,6 +9,8 @@ Each backend lives in its own module and registers itself on import.
 """
 from .base import (BackendResult, Deadline, Solution, SolverError, SolverUnavailableError, Status,
                    UnknownSolverError)
+from .errors import (ArgumentTypeError, CbsOptError, EngineError, InvalidArgumentError,  # noqa: F401
+                     MemoryLimitError, ModelNotSupportedError, ProblemFileError, UnsupportedProblemError)
 from .registry import available, backends, register, solve, unregister
 
 # Importing the backend modules registers them (optional engines inside them are probed lazily).

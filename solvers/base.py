@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SolverError, SolverUnavailableError, UnknownSolverError  # noqa: F401 (re-exported)
+
 __all__ = ["Status", "Solution", "BackendResult", "SolverError", "SolverUnavailableError",
            "UnknownSolverError", "Deadline"]
 
@@ -19,21 +21,10 @@ class Status(str, enum.Enum):
     FEASIBLE = "feasible"        # a valid answer with no optimality claim (heuristics)
     TIME_LIMIT = "time_limit"    # stopped by time_limit: best incumbent so far, bound if any
     ITERATION_LIMIT = "iteration_limit"
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C (KeyboardInterrupt): best incumbent so far, bound if any
 
     def __str__(self) -> str:
         return self.value
-
-
-class SolverError(RuntimeError):
-    """A backend failed or returned something invalid."""
-
-
-class UnknownSolverError(ValueError):
-    """``solver=`` names no registered backend."""
-
-
-class SolverUnavailableError(ImportError):
-    """The backend exists but its optional dependency is missing here."""
 
 
 @dataclass
