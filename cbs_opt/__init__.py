@@ -2,6 +2,7 @@
 
     from cbs_opt import Problem, solve, prune
 """
+from .budget import Budget
 from .errors import CbsOptError
 from .problem import OBJECTIVES, Problem
 from solvers import Solution, Status, available, solve
@@ -15,4 +16,4 @@ __version__ = "0.1.0"
 from .prune import prune  # noqa: E402
 
 
-__all__ = ["Problem", "OBJECTIVES", "CbsOptError", "solve", "prune", "available", "Solution", "Status", "__version__"]
+__all__ = ["Problem", "Budget", "OBJECTIVES", "CbsOptError", "solve", "prune", "available", "Solution", "Status", "__version__"]

@@ -22,6 +22,11 @@ def as_float_array(name: str, value, ndim: int, *, copy: bool = True) -> np.ndar
     if value is None:
         raise InvalidArgumentError(f"{name} is required")
     value = _to_numpy(value)
+    if np.iscomplexobj(value) or isinstance(value, complex):
+        # numpy would drop the imaginary part with only a warning: refuse instead
+        raise InvalidArgumentError(f"{name} must be real, got complex values")
+    if isinstance(value, (list, tuple)) and _has_complex(value):
+        raise InvalidArgumentError(f"{name} must be real, got complex values")
     try:
         arr = np.array(value, dtype=np.float64, copy=copy)
     except (TypeError, ValueError) as exc:
@@ -31,6 +36,16 @@ def as_float_array(name: str, value, ndim: int, *, copy: bool = True) -> np.ndar
     if not np.all(np.isfinite(arr)):
         raise InvalidArgumentError(f"{name} contains NaN or inf")
     return arr
+
+
+def _has_complex(seq) -> bool:
+    for item in seq:
+        if isinstance(item, (list, tuple)):
+            if _has_complex(item):
+                return True
+        elif isinstance(item, complex) or np.iscomplexobj(item):
+            return True
+    return False
 
 
 def check_nonnegative(name: str, value) -> float:

@@ -59,6 +59,15 @@ and magnitude pruning is applied inside each chunk with the keep budget spread o
 ``rmp_trials`` such seeded draws plus plain magnitude are scored on the selection objective and the
 best one starts the search), or an explicit array of ``m`` indices.
 
+Partition budgets (N:M, per-row, per-group counts; ``problem.budget``): the start is chosen per group
+(magnitude / OBS inside each group; RMP perturbs the magnitudes, :func:`rmp_group_candidates`) and
+:func:`grouped_swap_search` only swaps a pruned weight with a kept one *of the same group*, so every
+group's count is kept. There each pruned weight (ranked by ``α̂`` as above) takes its best improving
+partner among the ``rho`` cheapest kept weights of its group (pruned weights taken group by group);
+every pass scans all pruned weights, and
+the search has converged when a pass swaps nothing (τ and the top-pair rule belong to the ranked range
+scan and do not apply).
+
 On CPU the search runs with ``threads`` torch threads (default 1, restored afterwards): its many
 small block operations pay more for thread synchronisation than they gain (measured 2–4× on the
 2-core development VM). ``threads=None`` leaves torch's setting alone.
@@ -82,12 +91,12 @@ import numpy as np
 import torch
 
 from .base import BackendResult, Deadline, Status
-from .magnitude import smallest
+from .magnitude import smallest, smallest_for, smallest_per_group
 from .registry import register
 from .torch_lowrank import TorchCurvature, resolve_device, resolve_dtype
 
-__all__ = ["greedy_swap_search", "STOP_RULES", "SearchResult", "initial_pruned", "rmp_candidates", "swap_delta",
-           "batch_delta", "INITS", "solve_greedy_swap"]
+__all__ = ["greedy_swap_search", "grouped_swap_search", "STOP_RULES", "SearchResult", "initial_pruned",
+           "rmp_candidates", "rmp_group_candidates", "swap_delta", "batch_delta", "INITS", "solve_greedy_swap"]
 
 INITS = ("magnitude", "rmp", "obs")
 STOP_RULES = ("top_pair", "no_swap")
@@ -182,19 +191,23 @@ def initial_pruned(problem, init, *, seed: int = 0, rmp_trials: int = 8,
                    op: TorchCurvature | None = None) -> tuple[np.ndarray, str]:
     """The starting pruned set for ``init`` ∈ :data:`INITS` or an explicit index array → (set, label)."""
     m = problem.n_prune
+    grouped = _groups_of(problem) is not None
     if isinstance(init, str):
         if init == "magnitude":
-            return smallest(np.abs(problem.weights), m), "magnitude"
+            return smallest_for(np.abs(problem.weights), problem), "magnitude"
         if init == "obs":
             from .obs import obs_scores
-            return smallest(obs_scores(problem), m), "obs"
+            return smallest_for(obs_scores(problem), problem), "obs"
         if init == "rmp":
             if op is None:
                 op = TorchCurvature.from_problem(problem, "cpu", "float64")
             w = op._vec(problem.weights)
             g = None if problem.gradient is None else op._vec(problem.gradient)
-            candidates = [smallest(np.abs(problem.weights), m)]
-            candidates += rmp_candidates(problem.weights, m, rmp_trials, seed)
+            candidates = [smallest_for(np.abs(problem.weights), problem)]
+            if grouped:
+                candidates += rmp_group_candidates(problem.weights, problem.budget, rmp_trials, seed)
+            else:
+                candidates += rmp_candidates(problem.weights, m, rmp_trials, seed)
             values = [_selection_value(op, w, g, c) for c in candidates]
             best = int(np.argmin(values))
             return candidates[best], ("magnitude" if best == 0 else f"rmp (draw {best} of {rmp_trials})")
@@ -203,7 +216,33 @@ def initial_pruned(problem, init, *, seed: int = 0, rmp_trials: int = 8,
     pruned = as_index_set("init", init, problem.p)
     if pruned.size != m:
         raise ValueError(f"init must hold exactly n_prune = {m} indices, got {pruned.size}")
+    if grouped:
+        problem.budget.check(pruned, name="init")
     return pruned, "given"
+
+
+def _groups_of(problem) -> np.ndarray | None:
+    """The group ids of a partition budget with more than one group, else None (a plain cardinality)."""
+    budget = getattr(problem, "budget", None)
+    if budget is None or budget.n_groups == 1:
+        return None
+    return budget.groups
+
+
+RMP_GROUP_SIGMA = 0.25
+
+
+def rmp_group_candidates(weights: np.ndarray, budget, n_draws: int, seed: int) -> list[np.ndarray]:
+    """RMP under a partition budget: each draw prunes, inside every group ``g``, the ``m_g`` smallest
+    perturbed magnitudes ``|w_i|·exp(σ ξ_i)`` (``ξ`` standard normal, ``σ`` = RMP_GROUP_SIGMA).
+
+    Chunking across the whole block (plain RMP) would break the per-group counts; perturbing the
+    magnitudes keeps the draws budget-feasible and close to magnitude pruning. Deterministic in ``seed``.
+    """
+    absw = np.abs(np.asarray(weights, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    return [smallest_per_group(absw * np.exp(RMP_GROUP_SIGMA * rng.standard_normal(absw.size)),
+                               budget.groups, budget.counts) for _ in range(n_draws)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -395,6 +434,176 @@ def greedy_swap_search(op: TorchCurvature, weights, pruned, gradient=None, *, ep
     return result
 
 
+def grouped_swap_search(op: TorchCurvature, weights, pruned, groups, gradient=None, *, epsilon: float = 5e-5,
+                        rho: int = 100, max_passes: int = 100, block_size: int = 64, max_block: int = 1024,
+                        deadline: Deadline | None = None, progress: bool = False,
+                        trace: Callable[[dict], None] | None = None) -> SearchResult:
+    """Algorithm 1's swaps restricted to a partition budget: a pruned ``i`` only trades places with a kept
+    ``j`` of the same group, so every per-group prune count is preserved.
+
+    Per pass the pruned weights are ranked by ``α̂`` descending (the most costly first, as in the paper), group
+    by group (groups in the order of their most costly pruned weight, so that one Gram block serves a group's
+    pruned weights together) and every one of them is tried against the ``rho`` kept weights of its group
+    with the smallest ``β̂`` (the cheapest to prune), taking the *best* improving partner (groups are small, so best improvement costs no
+    more than first improvement). The paper's τ and top-pair rule do not apply: a pass scans every pruned
+    weight and the search has converged when a pass swaps nothing. Blocks of at most ``block_size`` pruned
+    weights (and ``max_block`` weights in all) share one Gram block ``F[X][:, X]``; every accepted batch is
+    verified exactly as in :func:`greedy_swap_search`.
+    """
+    deadline = deadline or Deadline(None)
+    dev = op.device
+    w = op._vec(weights)
+    g = None if gradient is None else op._vec(gradient)
+    p = op.p
+    groups = np.asarray(groups, dtype=np.intp)
+    mask = torch.zeros(p, dtype=torch.bool, device=dev)
+    mask[torch.as_tensor(np.asarray(pruned, dtype=np.int64), device=dev)] = True
+    m = int(mask.sum())
+    tracker = op.tracker(torch.where(mask, w, torch.zeros_like(w)))
+
+    def objective() -> float:
+        value = 0.5 * tracker.quad()
+        return value - float(g @ tracker.s) if g is not None else value
+
+    diag = op.diagonal()
+    q = w * w * diag
+    h = 2 * w * g if g is not None else torch.zeros_like(w)
+    start_obj = objective()
+    floor = 1e-12 * max(abs(start_obj), float(q.max()) if p else 0.0, 1e-300)
+    threshold = max(float(epsilon), floor)
+    result = SearchResult(pruned=np.asarray(pruned), stopped="trivial", passes=0, swaps=0,
+                          initial_objective=start_obj, objective=start_obj)
+    if m == 0 or m == p:
+        result.pruned = torch.nonzero(mask).flatten().cpu().numpy()
+        return result
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=max_passes, desc="greedy_swap (grouped)", unit="pass")
+    stopped, current = "max_passes", start_obj
+    w_np = w.cpu().numpy()
+    g_np = None if g is None else g.cpu().numpy()
+    for pass_no in range(1, max_passes + 1):
+        if deadline.expired():
+            stopped = "time_limit"
+            break
+        t0 = time.perf_counter()
+        fs = tracker.full().cpu().numpy()
+        q_np, h_np = q.cpu().numpy(), h.cpu().numpy()
+        pruned_now = mask.cpu().numpy()
+        P = np.flatnonzero(pruned_now)
+        K = np.flatnonzero(~pruned_now)
+        alpha = 2 * w_np[P] * fs[P] - q_np[P] - h_np[P]
+        # Groups in the order of their most costly pruned weight, and inside a group by α̂ descending: the
+        # pruned weights of one group are consecutive, so a block shares its groups' candidates (small X).
+        gP = groups[P]
+        group_top = np.full(int(groups.max()) + 1, -np.inf)
+        np.maximum.at(group_top, gP, alpha)
+        P_sorted = P[np.lexsort((np.arange(P.size), -alpha, gP, -group_top[gP]))]
+        beta = 2 * w_np[K] * fs[K] + q_np[K] - h_np[K]
+        order = np.lexsort((beta, groups[K]))            # kept weights by group, cheapest to prune first
+        K_by_group = K[order]
+        gk = groups[K_by_group]
+        starts = np.searchsorted(gk, np.arange(groups.max() + 1), side="left")
+        ends = np.searchsorted(gk, np.arange(groups.max() + 1), side="right")
+        touched = np.zeros(p, dtype=bool)                # swapped in this pass: not a candidate again
+        pass_swaps, scanned, r = 0, 0, 0
+        while r < m:
+            if r > 0 and deadline.expired():
+                stopped = "time_limit"
+                break
+            # a block: pruned weights in rank order and the candidates of their groups
+            I_list, J_set, J_list = [], set(), []
+            while r < m and len(I_list) < block_size:
+                i = int(P_sorted[r])
+                grp = int(groups[i])
+                cand = K_by_group[starts[grp]:ends[grp]][:rho]
+                new = [int(j) for j in cand if j not in J_set]
+                if I_list and len(I_list) + len(J_list) + 1 + len(new) > max_block:
+                    break
+                I_list.append(i)
+                J_set.update(new)
+                J_list.extend(new)
+                r += 1
+            I_np = np.array(I_list, dtype=np.int64)
+            J_np = np.array(J_list, dtype=np.int64)
+            X_np = np.concatenate([I_np, J_np])
+            nI = I_np.size
+            X = torch.as_tensor(X_np, device=dev)
+            C = op.block(X, X).cpu().numpy()
+            fsX = tracker.values(X).cpu().numpy()
+            wX = w_np[X_np]
+            gX = None if g_np is None else g_np[X_np]
+            qX = wX * wX * np.diag(C)
+            hX = 2 * wX * gX if gX is not None else np.zeros_like(wX)
+            Gam = 2.0 * C * wX[:, None] * wX[None, :]
+            ab = 2.0 * wX * fsX
+            kept_side, pruned_side = qX - hX, qX + hX
+            grpX = groups[X_np]
+            avail = np.zeros(X_np.size, dtype=bool)
+            avail[nI:] = ~touched[J_np]
+            acc_a, acc_j, acc_delta = [], [], []
+            for a in range(nI):
+                scanned += 1
+                seg = np.flatnonzero(avail & (grpX == grpX[a]))
+                if seg.size == 0:
+                    continue
+                delta = 0.5 * (ab[seg] + kept_side[seg] - ab[a] + pruned_side[a] - Gam[a, seg])
+                t = int(np.argmin(delta))
+                if delta[t] <= -threshold:
+                    jx = int(seg[t])
+                    ab += Gam[:, jx] - Gam[:, a]
+                    avail[jx] = False
+                    acc_a.append(a)
+                    acc_j.append(jx)
+                    acc_delta.append(float(delta[t]))
+            if acc_a:
+                d = np.zeros(X_np.size)
+                d[acc_a] = -wX[acc_a]
+                d[acc_j] = wX[acc_j]
+                exact = float(d @ fsX + 0.5 * d @ C @ d)
+                if gX is not None:
+                    exact -= float(gX @ d)
+                predicted = float(np.sum(acc_delta))
+                tol = 1e-8 * (abs(predicted) + float(np.abs(d) @ np.abs(fsX)) + float(np.abs(d) @ np.abs(C) @ np.abs(d)))
+                if not (exact < 0 and abs(exact - predicted) <= tol):
+                    result.refused_batches += 1
+                    stopped = "refused_batch"
+                    break
+                changed = np.array(acc_a + acc_j)
+                tracker.add(X_np[changed], d[changed])
+                out_idx, in_idx = X_np[acc_a], X_np[acc_j]
+                mask[torch.as_tensor(out_idx, device=dev)] = False
+                mask[torch.as_tensor(in_idx, device=dev)] = True
+                touched[out_idx] = True
+                touched[in_idx] = True
+                before, current = current, objective()
+                pass_swaps += len(acc_a)
+                result.batches += 1
+                if trace is not None:
+                    trace({"pass": pass_no, "out": out_idx.copy(), "into": in_idx.copy(),
+                           "deltas": np.array(acc_delta), "predicted": predicted, "batch_delta": exact,
+                           "objective_before": before, "objective_after": current})
+        result.swaps += pass_swaps
+        result.passes = pass_no
+        result.history.append({"pass": pass_no, "swaps": pass_swaps, "failures": 0, "ranks_scanned": scanned,
+                               "objective": current, "seconds": time.perf_counter() - t0})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(objective=f"{current:.6g}", swaps=result.swaps)
+        if stopped in ("time_limit", "refused_batch"):
+            break
+        if pass_swaps == 0:
+            stopped = "converged"
+            break
+    if bar is not None:
+        bar.close()
+    result.stopped = stopped
+    result.objective = current
+    result.pruned = torch.nonzero(mask).flatten().cpu().numpy()
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------
 # the backend
 # ---------------------------------------------------------------------------------------------------
@@ -407,7 +616,8 @@ def _check_int(name: str, value, low: int) -> int:
 
 
 @register("greedy_swap", description="the paper's greedy swap local search (Algorithm 1) on the selection "
-                                     "objective; vectorised torch, CPU or CUDA")
+                                     "objective; vectorised torch, CPU or CUDA; swaps inside groups under a "
+                                     "partition budget", kind="heuristic", budgets=("total", "partition"))
 def solve_greedy_swap(problem, *, seed: int, time_limit: float | None, progress: bool,
                       init="magnitude", epsilon: float = 5e-5, rho: int = 100, tau: int = 20,
                       max_passes: int = 100, rmp_trials: int = 8, block_size: int = 64,
@@ -417,7 +627,9 @@ def solve_greedy_swap(problem, *, seed: int, time_limit: float | None, progress:
 
     ``init``: "magnitude" | "rmp" | "obs" | an array of m indices. ``device``: "cpu" | "cuda" |
     "cuda:N" | "auto"; ``dtype``: storage "float32" | "float64" (decisions accumulate in float64).
-    Selects on the selection objective whatever the problem's objective kind.
+    Selects on the selection objective whatever the problem's objective kind. Under a partition budget
+    (N:M, per-row…) swaps stay inside a group (:func:`grouped_swap_search`; τ and ``stop_rule`` do not
+    apply there) and the initial set is chosen per group.
     """
     deadline = Deadline(time_limit)
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) \
@@ -444,9 +656,15 @@ def solve_greedy_swap(problem, *, seed: int, time_limit: float | None, progress:
     try:
         op = TorchCurvature.from_problem(problem, dev, dt)
         pruned0, init_label = initial_pruned(problem, init, seed=seed, rmp_trials=rmp_trials, op=op)
-        res = greedy_swap_search(op, problem.weights, pruned0, problem.gradient, epsilon=float(epsilon),
-                                 rho=rho, tau=tau, max_passes=max_passes, block_size=block_size,
-                                 stop_rule=stop_rule, deadline=deadline, progress=progress, trace=trace)
+        groups = _groups_of(problem)
+        if groups is None:
+            res = greedy_swap_search(op, problem.weights, pruned0, problem.gradient, epsilon=float(epsilon),
+                                     rho=rho, tau=tau, max_passes=max_passes, block_size=block_size,
+                                     stop_rule=stop_rule, deadline=deadline, progress=progress, trace=trace)
+        else:
+            res = grouped_swap_search(op, problem.weights, pruned0, groups, problem.gradient,
+                                      epsilon=float(epsilon), rho=rho, max_passes=max_passes,
+                                      block_size=block_size, deadline=deadline, progress=progress, trace=trace)
     finally:
         torch.set_num_threads(saved_threads)
     status = {"time_limit": Status.TIME_LIMIT, "max_passes": Status.ITERATION_LIMIT}.get(res.stopped,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import BackendResult, Status
-from .magnitude import smallest
+from .magnitude import smallest_for
 from .registry import register
 
 
@@ -17,7 +17,9 @@ def obs_scores(problem) -> np.ndarray:
     return w * w / (2.0 * problem.curvature.inverse_diagonal())
 
 
-@register("obs", description="single-weight OBS / WoodFisher scores w_i^2 / (2 [F^-1]_ii), one shot")
+@register("obs", description="single-weight OBS / WoodFisher scores w_i^2 / (2 [F^-1]_ii), one shot",
+          kind="baseline", budgets=("total", "partition"))
 def solve_obs(problem, *, seed: int, time_limit, progress: bool) -> BackendResult:
-    """Prune the ``m`` weights with the smallest single-weight OBS scores (ignores interactions)."""
-    return BackendResult(pruned=smallest(obs_scores(problem), problem.n_prune), status=Status.FEASIBLE)
+    """Prune the ``m`` weights with the smallest single-weight OBS scores (ignores interactions);
+    under a partition budget the ``m_g`` smallest inside each group ``g``."""
+    return BackendResult(pruned=smallest_for(obs_scores(problem), problem), status=Status.FEASIBLE)

@@ -13,6 +13,9 @@ Formulations (DESIGN §1; ``w̃`` the Newton point, ``F = BᵀB + diag(d)`` from
   ``s = 1/U`` scales the objective to O(1) (generic solvers stall on 1e-6-sized objectives); the model's
   objective is reported in the problem's units by :func:`solve_with_engine`.
 
+Budgets: ``Σz = p − m`` (``Σy = m``) is one row for a total budget and one row per group,
+``Σ_{i∈g} z_i = n_g − m_g`` (``Σ_{i∈g} y_i = m_g``), for a partition budget (N:M, per row…).
+
 ``"selection"`` — binary QP over ``y`` (1 = pruned), ``Σy = m``, with ``Q = WFW`` and ``c = w∘ḡ``::
 
     formulation "lowrank":  min s·[½‖r‖² + ½ Σ d_i w_i² y_i − cᵀy],   r = B(w∘y)      (y_i² = y_i)
@@ -32,10 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from .base import BackendResult, SolverUnavailableError, Status
+from .errors import EngineError
 from .exact_core import diagonal_split
 
 __all__ = ["build_model", "export_model", "solve_with_engine", "FORMULATIONS", "ENGINES",
-           "feasible_cost_scale"]
+           "feasible_cost_scale", "engine_error", "round_to_budget"]
 
 FORMULATIONS = ("auto", "lowrank", "dense", "milp")
 # engine name → (Pyomo contrib.solver name, module it needs, install extra)
@@ -54,16 +58,18 @@ def feasible_cost_scale(problem) -> float:
     The cost of the OBS pruned set (update) or of magnitude pruning (selection); falls back to 1 when that
     cost is 0 (then every objective is 0 and any scale works).
     """
-    from .magnitude import smallest
+    # The set must satisfy the problem's budget (per group under a partition budget): the big-M argument
+    # needs a *feasible* U, and a set that only meets the total count can cost less than every feasible one.
+    from .magnitude import smallest_for
     if problem.objective_kind == "update":
         from .obs import obs_scores
         try:
-            pruned = smallest(obs_scores(problem), problem.n_prune)
+            pruned = smallest_for(obs_scores(problem), problem)
         except ValueError:  # singular F: no OBS scores
-            pruned = smallest(np.abs(problem.effective_weights), problem.n_prune)
+            pruned = smallest_for(np.abs(problem.effective_weights), problem)
         value = problem.update_cost(pruned) - problem.update_constant
     else:
-        value = abs(problem.selection_cost(smallest(np.abs(problem.weights), problem.n_prune)))
+        value = abs(problem.selection_cost(smallest_for(np.abs(problem.weights), problem)))
     return float(value) if value > 1e-300 else 1.0
 
 
@@ -80,6 +86,30 @@ def _linear_rows(pyo, model, name, mat, var, shift):
         return r[j] == pyo.quicksum(float(mat[j, i]) * var[int(i)] for i in nz) - float(const[j])
     model.add_component(f"{name}_def", pyo.Constraint(model.component(f"{name}_index"), rule=rule))
     return r
+
+
+def _budget_rows(pyo, model, problem, var, *, keep: bool) -> None:
+    """The budget as constraints ``model.budget``: ``Σ var = p − m`` (keep indicators) or ``= m`` (prune
+    indicators) for a total budget; one row per group ``Σ_{i∈g} var_i = n_g − m_g`` (or ``m_g``) for a
+    partition budget (indexed by the group id)."""
+    budget = problem.budget
+    if budget.n_groups == 1:
+        rhs = problem.n_keep if keep else problem.n_prune
+        model.budget = pyo.Constraint(expr=pyo.quicksum(var[i] for i in model.I) == rhs)
+        return
+    members = budget.members
+    rhs = budget.keep_counts if keep else budget.counts
+    model.G = pyo.RangeSet(0, budget.n_groups - 1)
+    model.budget = pyo.Constraint(model.G, rule=lambda mm, g: pyo.quicksum(var[int(i)] for i in members[g])
+                                  == int(rhs[g]))
+
+
+def round_to_budget(problem, values: np.ndarray, *, keep: bool) -> np.ndarray:
+    """The pruned set from an engine's 0/1 values (tolerances leave them near 0/1): per group the
+    ``m_g`` lowest keep indicators (``keep=True``) or highest prune indicators, so the set is feasible."""
+    from .magnitude import smallest_for
+    values = np.asarray(values, dtype=np.float64)
+    return smallest_for(values if keep else -values, problem)
 
 
 def build_model(problem, formulation: str = "auto", *, scale: float | None = None):
@@ -99,7 +129,8 @@ def build_model(problem, formulation: str = "auto", *, scale: float | None = Non
     U = feasible_cost_scale(problem)
     s = 1.0 / U if scale is None else float(scale)
     B, d = diagonal_split(problem)
-    model = pyo.ConcreteModel(name=f"cbs_{problem.objective_kind}_p{p}_m{m}")
+    model = pyo.ConcreteModel(name=f"cbs_{problem.objective_kind}_p{p}_m{m}"
+                                   + ("" if problem.budget.n_groups == 1 else f"_g{problem.budget.n_groups}"))
     model.I = pyo.RangeSet(0, p - 1)
     model.cbs_scale = s
     if problem.objective_kind == "update":
@@ -115,7 +146,7 @@ def build_model(problem, formulation: str = "auto", *, scale: float | None = Non
         model.x = pyo.Var(model.I, domain=pyo.Reals, bounds=lambda _, i: (-big_m[i], big_m[i]))
         model.upper = pyo.Constraint(model.I, rule=lambda mm, i: mm.x[i] <= float(big_m[i]) * mm.z[i])
         model.lower = pyo.Constraint(model.I, rule=lambda mm, i: -float(big_m[i]) * mm.z[i] <= mm.x[i])
-        model.budget = pyo.Constraint(expr=pyo.quicksum(model.z[i] for i in model.I) == k)
+        _budget_rows(pyo, model, problem, model.z, keep=True)
         if formulation == "dense":
             F = problem.curvature.dense()
             dx = {i: model.x[i] - float(w[i]) for i in range(p)}
@@ -135,7 +166,7 @@ def build_model(problem, formulation: str = "auto", *, scale: float | None = Non
     c = np.zeros(p) if problem.gradient is None else w * problem.gradient
     model.cbs_constant = 0.0
     model.y = pyo.Var(model.I, domain=pyo.Binary)
-    model.budget = pyo.Constraint(expr=pyo.quicksum(model.y[i] for i in model.I) == m)
+    _budget_rows(pyo, model, problem, model.y, keep=False)
     linear = pyo.quicksum(-float(c[i]) * model.y[i] for i in range(p) if c[i])
     if formulation in ("auto", "lowrank"):
         terms = [linear, pyo.quicksum(0.5 * float(d[i] * w[i] ** 2) * model.y[i] for i in range(p) if d[i] * w[i])]
@@ -176,6 +207,28 @@ def export_model(problem, path: str | os.PathLike, formulation: str = "auto") ->
     return path
 
 
+FALLBACK_HINT = ("use engine='highs' (the default of solver='miqp': exact, no licence needed) or "
+                 "solver='greedy_swap' for a fast heuristic")
+
+
+def engine_error(engine: str, exc: BaseException) -> EngineError:
+    """An engine failure as :class:`EngineError`, naming the engine and what to do about it."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    lower = message.lower()
+    if "size-limited" in lower or "license" in lower or "licence" in lower:
+        hint = ("the model exceeds the engine's licence (Gurobi's pip package ships a size-limited licence); "
+                "install a full licence (https://www.gurobi.com/academia/ for free academic ones), use smaller "
+                "blocks, or " + FALLBACK_HINT)
+    elif "lp solver" in lower or "numeric" in lower:
+        hint = ("the engine's LP solver failed numerically (tiny damping makes the model ill-conditioned); "
+                "try a larger damping, or " + FALLBACK_HINT)
+    elif "memory" in lower:
+        hint = "the engine ran out of memory; use smaller blocks, or " + FALLBACK_HINT
+    else:
+        hint = FALLBACK_HINT
+    return EngineError(engine, f"{type(exc).__name__}: {message}", hint)
+
+
 def _engine(name: str):
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {('highs',) + tuple(ENGINES)}, got {name!r}")
@@ -186,7 +239,11 @@ def _engine(name: str):
                                      f"install it with: {hint}")
     from pyomo.contrib.solver.common.factory import SolverFactory
     opt = SolverFactory(solver_name)
-    if not opt.available():
+    try:
+        usable = opt.available()
+    except Exception as exc:  # noqa: BLE001 — a broken installation or licence check
+        raise engine_error(name, exc) from exc
+    if not usable:
         raise SolverUnavailableError(f"engine {name!r} ({solver_name}) is not usable here "
                                      f"(licence or installation); {hint}")
     return opt
@@ -233,22 +290,27 @@ def solve_with_engine(problem, engine: str, *, time_limit: float | None, formula
         # Gurobi's default integrality tolerance (1e-5) let its reported objective drift 1e-5 (relative)
         # from the true cost of the set it returned; tighten it so cross-checks can stay strict.
         kwargs["solver_options"] = {"IntFeasTol": 1e-9}
-    if engine == "scip":
-        res = _solve_without_fd_capture(opt, model, kwargs)
-    else:
-        res = opt.solve(model, **kwargs)
+    try:
+        if engine == "scip":
+            res = _solve_without_fd_capture(opt, model, kwargs)
+        else:
+            res = opt.solve(model, **kwargs)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 — the engines raise bare Exception / their own types
+        raise engine_error(engine, exc) from exc
     info = {"engine": engine, "formulation": formulation, "termination": str(res.termination_condition)}
     if res.incumbent_objective is None:
-        raise SolverUnavailableError(f"engine {engine!r} returned no solution ({res.termination_condition}); "
-                                     "the model may exceed its licence (Gurobi's pip licence: ~200 variables "
-                                     "for quadratic models)")
-    res.solution_loader.load_vars()
+        raise EngineError(engine, f"returned no solution ({res.termination_condition})",
+                          "the model may exceed the engine's licence (Gurobi's pip licence allows ~200 "
+                          "variables for quadratic models); " + FALLBACK_HINT)
+    try:
+        res.solution_loader.load_vars()
+    except Exception as exc:  # noqa: BLE001
+        raise engine_error(engine, exc) from exc
     var = model.z if problem.objective_kind == "update" else model.y
     values = np.array([pyo.value(var[i]) for i in range(problem.p)])
-    if problem.objective_kind == "update":
-        pruned = np.sort(np.argsort(values, kind="stable")[:problem.n_prune])
-    else:
-        pruned = np.sort(np.argsort(-values, kind="stable")[:problem.n_prune])
+    pruned = round_to_budget(problem, values, keep=problem.objective_kind == "update")
     unscale = lambda v: None if v is None or not math.isfinite(v) else v / model.cbs_scale + model.cbs_constant  # noqa: E731
     optimal = res.termination_condition == TerminationCondition.convergenceCriteriaSatisfied
     status = Status.OPTIMAL if optimal else (

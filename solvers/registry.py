@@ -17,8 +17,17 @@ import numpy as np
 
 from .base import (BackendResult, Solution, SolverError, SolverUnavailableError, Status,
                    UnknownSolverError)
+from .errors import ArgumentTypeError, InvalidArgumentError, UnsupportedProblemError
 
-__all__ = ["register", "solve", "available", "backends", "BackendInfo"]
+__all__ = ["register", "solve", "available", "backends", "BackendInfo", "check_options", "budget_kind",
+           "RUN_SETTINGS", "BACKEND_KINDS", "BUDGET_KINDS"]
+
+#: Run settings every backend receives from ``solve()`` itself; never backend options.
+RUN_SETTINGS = ("seed", "time_limit", "progress")
+#: What a backend's answer is worth: proves optimality / proves a lower bound / a search / a one-shot rule.
+BACKEND_KINDS = ("exact", "bound", "heuristic", "baseline")
+#: Budget kinds a backend may declare (see ``cbs_opt.budget.Budget.kind``).
+BUDGET_KINDS = ("total", "partition")
 
 
 @dataclass
@@ -26,10 +35,16 @@ class BackendInfo:
     name: str
     func: Callable[..., BackendResult]
     description: str
-    exact: bool                  # proves optimality (returns bounds)
+    kind: str                    # one of BACKEND_KINDS
     requires: tuple[str, ...]    # importable modules it needs
     install_hint: str
     objectives: tuple[str, ...] = ("update", "selection")  # objective kinds it accepts
+    budgets: tuple[str, ...] = ("total",)                  # budget kinds it accepts
+
+    @property
+    def exact(self) -> bool:
+        """True for backends that prove optimality (kind "exact"); kept for callers that read a flag."""
+        return self.kind == "exact"
 
     def is_available(self) -> bool:
         return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
@@ -37,25 +52,42 @@ class BackendInfo:
     def options(self) -> list[str]:
         sig = inspect.signature(self.func)
         return [n for n, p in sig.parameters.items()
-                if p.kind == p.KEYWORD_ONLY and n not in ("seed", "time_limit", "progress")]
+                if p.kind == p.KEYWORD_ONLY and n not in RUN_SETTINGS]
 
 
 _REGISTRY: dict[str, BackendInfo] = {}
 
 
 def register(name: str, func: Callable | None = None, *, description: str = "", exact: bool = False,
-             requires: tuple[str, ...] = (), install_hint: str = "", replace: bool = False,
-             objectives: tuple[str, ...] = ("update", "selection")):
+             kind: str | None = None, requires: tuple[str, ...] = (), install_hint: str = "",
+             replace: bool = False, objectives: tuple[str, ...] = ("update", "selection"),
+             budgets: tuple[str, ...] = ("total",)):
     """Register a backend under ``name`` (usable as a decorator).
 
-    ``requires`` lists modules that must be importable for the backend to be available;
-    ``install_hint`` is shown when they are not; ``objectives`` the objective kinds it accepts.
+    ``kind`` says what its answers are worth (``"exact"``, ``"bound"``, ``"heuristic"`` or ``"baseline"``;
+    default ``"exact"`` if ``exact=True`` else ``"heuristic"``). ``requires`` lists modules that must be
+    importable for the backend to be available; ``install_hint`` is shown when they are not;
+    ``objectives`` the objective kinds and ``budgets`` the budget kinds (``"total"``, ``"partition"``) it
+    accepts. Every backend takes the run settings ``seed``, ``time_limit`` and ``progress`` as keywords;
+    its other keyword-only parameters are its options.
     """
+    if kind is None:
+        kind = "exact" if exact else "heuristic"
+    elif exact and kind != "exact":
+        raise InvalidArgumentError(f"register({name!r}): exact=True contradicts kind={kind!r}")
+    if kind not in BACKEND_KINDS:
+        raise InvalidArgumentError(f"register({name!r}): kind must be one of {BACKEND_KINDS}, got {kind!r}")
+    bad = [b for b in budgets if b not in BUDGET_KINDS]
+    if bad or not budgets:
+        raise InvalidArgumentError(f"register({name!r}): budgets must be a non-empty subset of {BUDGET_KINDS}, "
+                                   f"got {tuple(budgets)!r}")
+
     def decorator(f: Callable) -> Callable:
         if name in _REGISTRY and not replace:
             raise ValueError(f"a solver named {name!r} is already registered (pass replace=True)")
         doc = description or (inspect.getdoc(f) or "").split("\n")[0]
-        _REGISTRY[name] = BackendInfo(name, f, doc, exact, tuple(requires), install_hint, tuple(objectives))
+        _REGISTRY[name] = BackendInfo(name, f, doc, kind, tuple(requires), install_hint, tuple(objectives),
+                                      tuple(budgets))
         return f
 
     return decorator(func) if func is not None else decorator
@@ -86,26 +118,65 @@ def get_backend(name: str) -> BackendInfo:
     return info
 
 
+def check_options(solver: str, options: dict[str, Any]) -> None:
+    """Refuse backend ``options`` that ``solve(problem, solver, **options)`` would not accept.
+
+    The run settings (:data:`RUN_SETTINGS`: seed, time_limit, progress) are arguments of ``solve()``
+    itself, never options: a caller that forwards user options (``prune(solver_options=…)``, the CLI's
+    ``--option``) should call this first, so that ``{"time_limit": 10}`` gets a clear
+    :class:`ArgumentTypeError` instead of Python's "got multiple values for keyword argument".
+    Unknown option names are refused the same way.
+    """
+    if not isinstance(options, dict):
+        raise ArgumentTypeError(f"solver options must be a dict, got {type(options).__name__}")
+    _check_options(get_backend(solver), options)
+
+
 def _check_options(info: BackendInfo, options: dict[str, Any]) -> None:
+    reserved = sorted(set(options) & set(RUN_SETTINGS))
+    nested = options.get("options")
+    if isinstance(nested, dict) and "options" not in inspect.signature(info.func).parameters:
+        reserved = reserved or sorted(set(nested) & set(RUN_SETTINGS))
+        if not reserved:
+            raise ArgumentTypeError(f"solver {info.name!r} got options=dict(...); pass backend options as "
+                                    f"keywords: solve(problem, {info.name!r}, **options)")
+    if reserved:
+        what = "is a run setting" if len(reserved) == 1 else "are run settings"
+        raise ArgumentTypeError(f"{', '.join(reserved)} {what} of solve(), not an option of solver {info.name!r}: pass "
+                                f"{', '.join(f'{n}=...' for n in reserved)} to solve() itself "
+                                f"(not inside the solver options)")
     sig = inspect.signature(info.func)
     if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
         return
     unknown = sorted(set(options) - set(sig.parameters))
     if unknown:
         accepted = ", ".join(info.options()) or "none"
-        raise TypeError(f"solver {info.name!r} got unknown option(s) {', '.join(unknown)}; "
-                        f"accepted: {accepted}")
+        raise ArgumentTypeError(f"solver {info.name!r} got unknown option(s) {', '.join(unknown)}; "
+                                f"accepted: {accepted}")
 
 
 def _check_pruned(name: str, pruned, problem) -> np.ndarray:
     arr = np.asarray(pruned)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise SolverError(f"solver {name!r} returned pruned of dtype {arr.dtype}, shape {arr.shape}")
+    raw = arr.size
     arr = np.unique(arr.astype(np.intp))
-    if arr.size != problem.n_prune or (arr.size and (arr[0] < 0 or arr[-1] >= problem.p)):
+    if raw != arr.size or arr.size != problem.n_prune or (arr.size and (arr[0] < 0 or arr[-1] >= problem.p)):
         raise SolverError(f"solver {name!r} returned {arr.size} valid distinct indices, "
                           f"expected {problem.n_prune} in [0, {problem.p})")
+    budget = problem.budget
+    if not budget.is_satisfied(arr):
+        got = budget.pruned_counts(arr)
+        k = int(np.flatnonzero(got != budget.counts)[0])
+        raise SolverError(f"solver {name!r} returned a pruned set that violates the budget {budget!r}: "
+                          f"{int(got[k])} pruned in group {k}, expected {int(budget.counts[k])}")
     return arr
+
+
+def budget_kind(problem) -> str:
+    """The budget kind a backend must support for ``problem`` (a one-group partition counts as total)."""
+    budget = problem.budget
+    return "total" if budget.n_groups == 1 else budget.kind
 
 
 def solve(problem, solver: str = "greedy_swap", *, time_limit: float | None = None, seed: int = 0,
@@ -119,18 +190,25 @@ def solve(problem, solver: str = "greedy_swap", *, time_limit: float | None = No
     from cbs_opt.problem import Problem  # the engine's type; imported late to keep layers apart
 
     if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a cbs_opt.Problem, got {type(problem).__name__}")
+        raise ArgumentTypeError(f"problem must be a cbs_opt.Problem, got {type(problem).__name__}")
     info = get_backend(solver)
     if time_limit is not None:
-        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) \
-                or not math.isfinite(time_limit) or time_limit <= 0:
-            raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float, np.integer, np.floating)):
+            raise ArgumentTypeError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+        if not math.isfinite(time_limit) or time_limit <= 0:
+            raise InvalidArgumentError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+        time_limit = float(time_limit)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+        raise ArgumentTypeError(f"seed must be an integer, got {type(seed).__name__}")
     _check_options(info, options)
     if problem.objective_kind not in info.objectives:
-        raise ValueError(f"solver {solver!r} does not handle objective={problem.objective_kind!r} "
-                         f"(it accepts {', '.join(info.objectives)}); use problem.with_objective(...)")
+        raise UnsupportedProblemError(f"solver {solver!r} does not handle objective={problem.objective_kind!r} "
+                                      f"(it accepts {', '.join(info.objectives)}); use problem.with_objective(...)")
+    if budget_kind(problem) not in info.budgets:
+        supporting = sorted(n for n, b in _REGISTRY.items() if budget_kind(problem) in b.budgets)
+        raise UnsupportedProblemError(
+            f"solver {solver!r} does not handle {budget_kind(problem)} budgets ({problem.budget!r}); it supports "
+            f"{', '.join(info.budgets)} budgets. Solvers that handle this budget: {', '.join(supporting) or 'none'}")
 
     start = time.perf_counter()
     result = info.func(problem, seed=int(seed), time_limit=time_limit, progress=progress, **options)

@@ -1,7 +1,8 @@
 """The "selection" cost solved exactly by HiGHS as its MILP linearisation (private; used by ``miqp``).
 
 With ``y ∈ {0,1}ᵖ`` the pruned indicator, ``Q = W F W`` (``W = diag w``) and ``c = w∘ḡ``, the selection cost is
-the binary QP ``½ yᵀQy − cᵀy`` over ``Σy = m``. On binary points ``y_i² = y_i`` and ``y_i y_j`` is exactly
+the binary QP ``½ yᵀQy − cᵀy`` over ``Σy = m`` (under a partition budget: ``Σ_{i∈g} y_i = m_g`` for every
+group ``g``, one row each). On binary points ``y_i² = y_i`` and ``y_i y_j`` is exactly
 the ``u_ij`` of
 
     u_ij ≥ y_i + y_j − 1     for Q_ij > 0   (the objective pushes u_ij down to max(0, y_i + y_j − 1)),
@@ -68,12 +69,20 @@ def solve_selection_milp(problem, *, deadline: Deadline, rel_gap: float, start_p
     pos_idx = np.stack([u_col[pos], iu[pos], ju[pos]], axis=1)
     neg_idx = np.concatenate([np.stack([u_col[neg], iu[neg]], axis=1), np.stack([u_col[neg], ju[neg]], axis=1)])
     n_pos, n_neg = pos_idx.shape[0], neg_idx.shape[0]
-    lengths = np.concatenate([[p], np.full(n_pos, 3), np.full(n_neg, 2)]).astype(np.int64)
+    # Budget rows: one Σy = m for a total budget, one Σ_{i∈g} y_i = m_g per group for a partition budget.
+    budget = problem.budget
+    if budget.n_groups == 1:
+        b_len, b_idx, b_rhs = np.array([p]), np.arange(p), np.array([float(m)])
+    else:
+        b_len = np.asarray(budget.group_sizes)
+        b_idx = np.concatenate(budget.members)
+        b_rhs = np.asarray(budget.counts, dtype=np.float64)
+    lengths = np.concatenate([b_len, np.full(n_pos, 3), np.full(n_neg, 2)]).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
-    index = np.concatenate([np.arange(p), pos_idx.ravel(), neg_idx.ravel()]).astype(np.int32)
+    index = np.concatenate([b_idx, pos_idx.ravel(), neg_idx.ravel()]).astype(np.int32)
     value = np.concatenate([np.ones(p), np.tile([1.0, -1.0, -1.0], n_pos), np.tile([1.0, -1.0], n_neg)])
-    lower = np.concatenate([[float(m)], np.full(n_pos, -1.0), np.full(n_neg, -np.inf)])
-    upper = np.concatenate([[float(m)], np.full(n_pos, np.inf), np.zeros(n_neg)])
+    lower = np.concatenate([b_rhs, np.full(n_pos, -1.0), np.full(n_neg, -np.inf)])
+    upper = np.concatenate([b_rhs, np.full(n_pos, np.inf), np.zeros(n_neg)])
     h.addRows(lengths.size, lower, upper, index.size, starts, index, value)
 
     h.setOptionValue("mip_rel_gap", float(rel_gap))
@@ -96,7 +105,7 @@ def solve_selection_milp(problem, *, deadline: Deadline, rel_gap: float, start_p
     if values.size != n_col:
         return None
     y = values[:p] > 0.5
-    if int(y.sum()) != m:
+    if not budget.is_satisfied(np.flatnonzero(y)):
         return None
     info = h.getInfo()
     bound = float(info.mip_dual_bound) / scale

@@ -20,6 +20,11 @@ float64) through the exact moves of :mod:`solvers.update_moves`, never forming `
                  optional perturbation ``kicks`` (iterated local search: a few random swaps among the
                  top candidates, descend again, keep if better) escape single-swap local optima.
 
+Under a partition budget (``problem.budget`` with several groups: N:M, per-row…) both stay feasible:
+``iht`` projects group-wise (:func:`group_pairs`: inside each group the r-th best entering weight swaps
+with the r-th best leaving one, the most profitable pairs first) and ``update_swap`` scores only
+same-group pairs, its candidates picked per group (:func:`_group_candidates`).
+
 Both are monotone: every accepted step lowers the update objective (the refit / the exact delta), so the
 answer is never worse than the initialisation. Both optimise the update objective only: a problem with
 ``objective="selection"`` is refused (use ``greedy_swap``). A first-order term is supported (the search
@@ -35,12 +40,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .base import BackendResult, Deadline, Status
-from .magnitude import smallest
+from .magnitude import smallest_for
 from .obs import obs_scores
 from .registry import register
 from .update_moves import KeptState, LowRankForm, fit, resolve_device, resolve_dtype
 
-__all__ = ["hard_threshold_search", "swap_descent", "SearchStats", "solve_iht", "solve_update_swap"]
+__all__ = ["hard_threshold_search", "swap_descent", "group_pairs", "SearchStats", "solve_iht", "solve_update_swap"]
 
 INITS = ("magnitude", "obs", "greedy_swap")
 SCALINGS = ("none", "diagonal")
@@ -86,9 +91,9 @@ def _initial_pruned(problem, init, *, seed: int, deadline: Deadline, allowed: tu
         if init not in allowed:
             raise ValueError(f"init must be one of {allowed} or an array of {m} indices, got {init!r}")
         if init == "magnitude":
-            return smallest(np.abs(problem.weights), m)
+            return smallest_for(np.abs(problem.weights), problem)
         if init == "obs":
-            return smallest(obs_scores(problem), m)
+            return smallest_for(obs_scores(problem), problem)
         from .registry import solve  # greedy_swap is another backend: go through the registry
         remaining = deadline.remaining()
         return solve(problem, "greedy_swap", seed=seed,
@@ -99,7 +104,56 @@ def _initial_pruned(problem, init, *, seed: int, deadline: Deadline, allowed: tu
     uniq = np.unique(arr)
     if uniq.size != arr.size or arr.size != m or (m and (uniq[0] < 0 or uniq[-1] >= problem.p)):
         raise ValueError(f"init must hold {m} distinct indices in [0, {problem.p}), got {arr.size} entries")
+    problem.budget.check(uniq, name="init")
     return uniq.astype(np.intp)
+
+
+def _group_tensor(problem, device) -> torch.Tensor | None:
+    """Group ids of a partition budget (more than one group) on ``device``, else None."""
+    budget = problem.budget
+    if budget.n_groups == 1:
+        return None
+    return torch.as_tensor(budget.groups.astype(np.int64), device=device)
+
+
+def _rank_in_group(score: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The rank (0 = best, by ``score`` descending) of each valid weight inside its group; −1 elsewhere."""
+    p = score.numel()
+    s = torch.where(valid, score, torch.full_like(score, -math.inf)).double().cpu().numpy()
+    g = groups.cpu().numpy()
+    order = np.lexsort((np.arange(p), -s, g))
+    sizes = np.bincount(g, minlength=int(g.max()) + 1)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.empty(p, dtype=np.int64)
+    rank[order] = np.arange(p) - starts[g[order]]
+    rank[~valid.cpu().numpy()] = -1
+    return torch.as_tensor(rank, device=score.device)
+
+
+def group_pairs(score_in: torch.Tensor, score_out: torch.Tensor, kept: torch.Tensor,
+                groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The group-wise projection of a hard-thresholding step: inside each group the ``r``-th best entering
+    weight (pruned, ``score_in`` descending) is paired with the ``r``-th best leaving one (kept,
+    ``score_out`` ascending). Returns ``(into, out, profit)`` over all groups, sorted by
+    ``profit = score_in − score_out`` descending; swapping any prefix keeps every group's count.
+    """
+    rank_in = _rank_in_group(score_in, groups, ~kept)
+    rank_out = _rank_in_group(-score_out, groups, kept)
+    p = score_in.numel()
+    key_in = torch.where(rank_in >= 0, groups * p + rank_in, torch.full_like(rank_in, -1))
+    key_out = torch.where(rank_out >= 0, groups * p + rank_out, torch.full_like(rank_out, -2))
+    ins = torch.nonzero(key_in >= 0).flatten()
+    outs = torch.nonzero(key_out >= 0).flatten()
+    ki, ko = key_in[ins], key_out[outs]
+    si, so = torch.sort(ki), torch.sort(ko)
+    ins, ki = ins[si.indices], si.values
+    outs, ko = outs[so.indices], so.values
+    common, ia, ib = np.intersect1d(ki.cpu().numpy(), ko.cpu().numpy(), assume_unique=True, return_indices=True)
+    into = ins[torch.as_tensor(ia, device=ins.device, dtype=torch.long)]
+    out = outs[torch.as_tensor(ib, device=outs.device, dtype=torch.long)]
+    profit = score_in[into] - score_out[out]
+    order = torch.argsort(-profit, stable=True)
+    return into[order], out[order], profit[order]
 
 
 def _kept_mask(pruned: np.ndarray, p: int, device) -> torch.Tensor:
@@ -113,17 +167,19 @@ def _bar(progress: bool, desc: str):
 
 
 def _trivial(problem) -> BackendResult | None:
-    """``m = 0`` or ``m = p``: one feasible set, optimal by definition."""
-    if problem.n_prune in (0, problem.p):
-        return BackendResult(pruned=np.arange(problem.n_prune), status=Status.OPTIMAL,
-                             objective=problem.update_cost(np.arange(problem.n_prune)))
+    """One feasible set (every group prunes none or all of its weights; ``m = 0`` or ``m = p``): optimal."""
+    budget = problem.budget
+    full = budget.counts == budget.group_sizes
+    if np.all((budget.counts == 0) | full):
+        pruned = np.flatnonzero(full[budget.groups])
+        return BackendResult(pruned=pruned, status=Status.OPTIMAL, objective=problem.update_cost(pruned))
     return None
 
 
 # -- the two searches ---------------------------------------------------------------------------------
 def hard_threshold_search(form: LowRankForm, kept: torch.Tensor, *, max_iter: int = 100,
                           epsilon: float = 1e-10, scaling: str = "none", deadline: Deadline | None = None,
-                          bar=None, stats: SearchStats | None = None):
+                          bar=None, stats: SearchStats | None = None, groups: torch.Tensor | None = None):
     """CHITA-style hard-thresholding pursuit with exact refits; returns the final :class:`Fit`.
 
     Each step swaps the ``t`` best entering and leaving weights, refits and keeps the result only if
@@ -133,6 +189,10 @@ def hard_threshold_search(form: LowRankForm, kept: torch.Tensor, *, max_iter: in
     length η only decides how many weights cross, so it is searched as ``t``: the first ``t`` is the
     number of crossings at η = 1, then ``t`` halves on failure and doubles after a success; the search
     ends when even ``t = 1`` fails.
+
+    ``groups`` (a partition budget): the projection is group-wise — the ``t`` swaps are the most profitable
+    pairs of :func:`group_pairs` (inside each group the r-th best entering weight with the r-th best
+    leaving one), so every group keeps its count.
     """
     deadline = deadline or Deadline(None)
     stats = stats if stats is not None else SearchStats()
@@ -156,9 +216,16 @@ def hard_threshold_search(form: LowRankForm, kept: torch.Tensor, *, max_iter: in
             break
         score_in = torch.where(current.kept, torch.full_like(D, -math.inf), current.r ** 2 / D)
         score_out = torch.where(current.kept, D * current.x ** 2, torch.full_like(D, math.inf))
-        top_in = torch.topk(score_in, width).indices
-        top_out = torch.topk(-score_out, width).indices
-        profitable = int((score_in[top_in] > score_out[top_out]).sum())
+        if groups is None:
+            top_in = torch.topk(score_in, width).indices
+            top_out = torch.topk(-score_out, width).indices
+            profitable = int((score_in[top_in] > score_out[top_out]).sum())
+        else:
+            top_in, top_out, profit = group_pairs(score_in, score_out, current.kept, groups)
+            width = int(top_in.numel())
+            if width == 0:
+                break
+            profitable = int((profit > 0).sum())
         t = max(1, profitable) if t_last is None else min(2 * t_last, width)
         accepted = None
         while t >= 1:
@@ -187,15 +254,35 @@ def hard_threshold_search(form: LowRankForm, kept: torch.Tensor, *, max_iter: in
     return current
 
 
+def _group_candidates(state: KeptState, groups: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates under a partition budget: the ``n`` pruned weights whose best same-group partner looks
+    most profitable (``h_min(group) − g_i``, interactions ignored) and likewise the ``n`` kept ones
+    (``h_j − g_max(group)``) — so that the exact round scores pairs that can actually swap."""
+    gains, costs = state.gains(), state.removal_costs()
+    n_groups = int(groups.max()) + 1
+    g_max = torch.full((n_groups,), -math.inf, dtype=gains.dtype, device=gains.device)
+    g_max = g_max.scatter_reduce(0, groups, gains, reduce="amax")
+    h_min = torch.full((n_groups,), math.inf, dtype=costs.dtype, device=costs.device)
+    h_min = h_min.scatter_reduce(0, groups, costs, reduce="amin")
+    est_in = torch.where(state.kept, torch.full_like(gains, math.inf), h_min[groups] - gains)
+    est_out = torch.where(state.kept, costs - g_max[groups], torch.full_like(costs, math.inf))
+    n_in = min(n, int((~state.kept).sum()))
+    n_out = min(n, int(state.kept.sum()))
+    into = torch.topk(-est_in, n_in).indices
+    out = torch.topk(-est_out, n_out).indices
+    return into[torch.isfinite(est_in[into])], out[torch.isfinite(est_out[out])]
+
+
 def swap_descent(state: KeptState, *, rho: int = 64, epsilon: float = 1e-10, max_swaps: int = 100_000,
                  refresh: int = 256, inner: int = 64, deadline: Deadline | None = None, bar=None,
-                 stats: SearchStats | None = None, on_swap=None) -> str:
+                 stats: SearchStats | None = None, on_swap=None, groups: torch.Tensor | None = None) -> str:
     """Best-improvement single swaps on the exact update objective until none of the ``rho × rho``
     candidate pairs improves by more than ``epsilon·cost``. Returns why it stopped.
 
     Each round takes the ``rho`` best entering (gain ``g_i``) and leaving (removal cost ``h_j``) candidates
     and applies up to ``inner`` exact best-improvement swaps among them (:meth:`KeptState.local_round`)
     before rescoring all weights. ``on_swap(i, j, delta)`` sees every accepted swap (tests use it).
+    ``groups`` (a partition budget): candidates by :func:`_group_candidates`, swaps inside a group only.
     """
     deadline = deadline or Deadline(None)
     stats = stats if stats is not None else SearchStats()
@@ -209,10 +296,15 @@ def swap_descent(state: KeptState, *, rho: int = 64, epsilon: float = 1e-10, max
             return "iteration_limit"
         if deadline.expired():
             return "time_limit"
-        into = torch.topk(state.gains(), n_in).indices
-        out = torch.topk(-state.removal_costs(), n_out).indices
+        if groups is None:
+            into = torch.topk(state.gains(), n_in).indices
+            out = torch.topk(-state.removal_costs(), n_out).indices
+        else:
+            into, out = _group_candidates(state, groups, rho)
+            if into.numel() == 0 or out.numel() == 0:
+                return "converged"
         done = state.local_round(into, out, max_swaps=min(inner, max_swaps - stats.swaps), epsilon=epsilon,
-                                 on_swap=on_swap)
+                                 on_swap=on_swap, groups=groups)
         if done == 0:
             return "converged"
         stats.swaps += done
@@ -226,9 +318,21 @@ def swap_descent(state: KeptState, *, rho: int = 64, epsilon: float = 1e-10, max
             bar.set_postfix(cost=f"{state.cost:.6g}")
 
 
-def _kick(state: KeptState, size: int, pool: int, rng: np.random.Generator) -> None:
-    """Random swaps among the ``pool`` best entering / leaving candidates (a perturbation)."""
+def _kick(state: KeptState, size: int, pool: int, rng: np.random.Generator,
+          groups: torch.Tensor | None = None) -> None:
+    """Random swaps among the ``pool`` best entering / leaving candidates (a perturbation); under a
+    partition budget each random entering weight leaves with a random kept weight of its own group."""
     for _ in range(size):
+        if groups is not None:
+            into, _ = _group_candidates(state, groups, pool)
+            if into.numel() == 0:
+                return
+            i = int(rng.choice(into.cpu().numpy()))
+            partners = torch.nonzero(state.kept & (groups == groups[i])).flatten().cpu().numpy()
+            if partners.size == 0:
+                continue
+            state.swap(i, int(rng.choice(partners)))
+            continue
         n_kept = state.n_kept
         n_in, n_out = min(pool, state.form.p - n_kept), min(pool, n_kept)
         into = torch.topk(state.gains(), n_in).indices.cpu().numpy()
@@ -256,7 +360,8 @@ def _setup(problem, device, dtype, epsilon, time_limit):
     return dev, dt, epsilon, deadline, LowRankForm.from_problem(problem, dev, dt)
 
 @register("iht", description="CHITA-style hard-thresholding pursuit on the update objective "
-                             "(exact low-rank refits, torch CPU/CUDA)", objectives=("update",))
+                             "(exact low-rank refits, torch CPU/CUDA; group-wise projection under a partition "
+                             "budget)", objectives=("update",), kind="heuristic", budgets=("total", "partition"))
 def solve_iht(problem, *, seed: int, time_limit: float | None, progress: bool, init="obs",
               max_iter: int = 100, scaling: str = "none", epsilon: float | None = None, device="cpu",
               dtype="float64") -> BackendResult:
@@ -278,7 +383,7 @@ def solve_iht(problem, *, seed: int, time_limit: float | None, progress: bool, i
     with _bar(progress, "iht") as bar:
         result = hard_threshold_search(form, _kept_mask(pruned0, problem.p, dev), max_iter=max_iter,
                                        epsilon=epsilon, scaling=scaling, deadline=deadline, bar=bar,
-                                       stats=stats)
+                                       stats=stats, groups=_group_tensor(problem, dev))
     pruned = torch.nonzero(~result.kept).flatten().cpu().numpy()
     return BackendResult(pruned=pruned, status=_status(stats.stopped), objective=result.cost + form.constant,
                          info={"iterations": stats.iterations, "refits": stats.refits,
@@ -288,7 +393,7 @@ def solve_iht(problem, *, seed: int, time_limit: float | None, progress: bool, i
 
 @register("update_swap", description="swap local search on the exact update objective (incremental "
                                      "low-rank updates, IHT start, optional kicks; torch CPU/CUDA)",
-          objectives=("update",))
+          objectives=("update",), kind="heuristic", budgets=("total", "partition"))
 def solve_update_swap(problem, *, seed: int, time_limit: float | None, progress: bool, init="auto",
                       rho: int = 64, epsilon: float | None = None, max_swaps: int = 100_000,
                       kicks: int = 0, kick_size: int = 2, refresh: int = 256, iht_iter: int = 0,
@@ -323,11 +428,12 @@ def solve_update_swap(problem, *, seed: int, time_limit: float | None, progress:
     pruned0 = _initial_pruned(problem, init, seed=seed, deadline=deadline, allowed=INITS)
     stats = SearchStats()
     kept = _kept_mask(pruned0, problem.p, dev)
+    groups = _group_tensor(problem, dev)
     with _bar(progress, "update_swap") as bar:
         start_cost = None
         if iht_iter > 0:
             start = hard_threshold_search(form, kept, max_iter=iht_iter, epsilon=epsilon, scaling="none",
-                                          deadline=deadline, bar=bar, stats=stats)
+                                          deadline=deadline, bar=bar, stats=stats, groups=groups)
             kept, start_cost = start.kept, start.cost
         iht_steps, iht_swaps = stats.iterations, stats.swaps
         stats.swaps = stats.iterations = 0
@@ -336,13 +442,13 @@ def solve_update_swap(problem, *, seed: int, time_limit: float | None, progress:
         # an iteration cap of the IHT phase still leaves the swap phase to run; a time limit does not
         stopped = "time_limit" if deadline.expired() else swap_descent(
             state, rho=rho, epsilon=epsilon, max_swaps=max_swaps, refresh=refresh, deadline=deadline,
-            bar=bar, stats=stats)
+            bar=bar, stats=stats, groups=groups)
         best_kept, best_cost = state.kept.clone(), state.cost
         rng = np.random.default_rng(seed)
         for _ in range(kicks if stopped == "converged" else 0):
-            _kick(state, kick_size, 4 * rho, rng)
+            _kick(state, kick_size, 4 * rho, rng, groups)
             stopped = swap_descent(state, rho=rho, epsilon=epsilon, max_swaps=max_swaps, refresh=refresh,
-                                   deadline=deadline, bar=bar, stats=stats)
+                                   deadline=deadline, bar=bar, stats=stats, groups=groups)
             if state.cost < best_cost - epsilon * abs(best_cost):
                 best_kept, best_cost = state.kept.clone(), state.cost
                 stats.kicks_accepted += 1

@@ -319,7 +319,7 @@ class KeptState:
         return self.remove(out) + self.add(into)
 
     def local_round(self, into: torch.Tensor, out: torch.Tensor, *, max_swaps: int, epsilon: float,
-                    on_swap=None) -> int:
+                    on_swap=None, groups: torch.Tensor | None = None) -> int:
         """Best-improvement swaps restricted to the candidates ``C = into ∪ out``, applied in one batch.
 
         Inside the round only ``C`` is tracked — ``W = S⁻¹A_C`` and ``U = A_CᵀS⁻¹A_C`` by the same
@@ -328,6 +328,7 @@ class KeptState:
         round is scored and applied *exactly*; the ``p``-vectors (``x``, ``r``, ``q``) of the weights
         outside ``C`` are then updated with one product ``Aᵀ[v₁ … v_s]`` over all the round's rank-one
         directions. Returns the number of swaps applied; ``on_swap(i, j, delta)`` sees each one.
+        ``groups`` (the group id of every weight, a partition budget): only swaps inside a group are made.
         """
         lam, form = self.form.damping, self.form
         C = torch.cat([into, out])
@@ -335,6 +336,7 @@ class KeptState:
         W = self.Sinv @ A_C
         U = A_C.T @ W
         kept_C, x_C, r_C = self.kept[C].clone(), self.x[C].clone(), self.r[C].clone()
+        groups_C = None if groups is None else groups[C]
         vecs, x_coef, r_coef, q_coef = [], [], [], []
         n_swaps = 0
         while n_swaps < max_swaps:
@@ -346,6 +348,11 @@ class KeptState:
             resid = r_C[ins][:, None] + lam * x_o * U_io / beta
             schur = lam * (1.0 + q_C[ins])[:, None] + lam * U_io * U_io / beta
             deltas = 0.5 * lam * x_o * x_o / beta - 0.5 * resid * resid / schur
+            if groups_C is not None:  # a partition budget: a pruned weight trades places inside its group only
+                same = groups_C[ins][:, None] == groups_C[outs][None, :]
+                deltas = torch.where(same, deltas, torch.full_like(deltas, math.inf))
+            if deltas.numel() == 0:
+                break
             flat = int(torch.argmin(deltas))
             best = float(deltas.flatten()[flat])
             if not best < -epsilon * abs(self.cost) or not math.isfinite(best):

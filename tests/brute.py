@@ -64,3 +64,23 @@ def brute_force(F, w, m, kind, gradient=None):
         if c < best[0] - 1e-15:
             best = (c, subset)
     return best
+
+
+def partition_sets(groups, counts):
+    """Every pruned set with exactly ``counts[g]`` indices from each group ``g`` (itertools only)."""
+    groups = [int(g) for g in groups]
+    members = [[i for i, g in enumerate(groups) if g == k] for k in range(len(counts))]
+    per_group = [itertools.combinations(mem, int(c)) for mem, c in zip(members, counts)]
+    for choice in itertools.product(*per_group):
+        yield tuple(sorted(i for part in choice for i in part))
+
+
+def brute_force_partition(F, w, groups, counts, kind, gradient=None):
+    """(best cost, best subset) over every pruned set with exactly counts[g] indices in group g."""
+    cost = update_cost if kind == "update" else selection_cost
+    best = (np.inf, None)
+    for subset in partition_sets(groups, counts):
+        c = cost(F, w, subset, gradient)
+        if c < best[0] - 1e-15:
+            best = (c, subset)
+    return best

@@ -393,3 +393,19 @@ def test_search_function_directly():
     assert res.pruned.size == prob.n_prune
     assert close(res.objective, prob.selection_cost(res.pruned), 1e-9, 1e-12)
     assert close(res.initial_objective, prob.selection_cost(start), 1e-9, 1e-12)
+
+
+def test_rmp_under_a_partition_budget_is_feasible_and_seeded():
+    from cbs_opt import Problem
+    from solvers.greedy_swap import rmp_group_candidates
+    rng = np.random.default_rng(0)
+    prob = Problem(weights=rng.normal(size=24), grads=rng.normal(size=(6, 24)), damping=1e-3, pattern="1:4",
+                   objective="selection")
+    draws = rmp_group_candidates(prob.weights, prob.budget, 5, seed=3)
+    assert all(prob.budget.is_satisfied(d) for d in draws)
+    again = rmp_group_candidates(prob.weights, prob.budget, 5, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(draws, again))
+    assert len({tuple(d) for d in draws}) > 1           # the perturbation does change the draws
+    sol = solvers.solve(prob, "greedy_swap", init="rmp", rmp_trials=5, seed=3)
+    assert prob.budget.is_satisfied(sol.pruned)
+    assert sol.info["initial_selection_objective"] <= solvers.solve(prob, "magnitude").objective * (1 + 1e-6)

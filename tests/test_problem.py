@@ -198,3 +198,97 @@ def test_inverse_diagonal_both_sides(p, N, damping):
     assert np.allclose(got, expected, rtol=1e-7)
     got[0] = -1.0  # a copy: the cached values stay intact
     assert np.allclose(prob.curvature.inverse_diagonal(), expected, rtol=1e-7)
+
+
+# -- issue 15, item 14: persistence that a user can rely on ---------------------------------------------
+def test_save_without_extension_loads_back(tmp_path, monkeypatch):
+    prob = random_problem(6, 3, 2, seed=1)
+    monkeypatch.chdir(tmp_path)
+    prob.save("noext")                       # numpy writes noext.npz
+    assert (tmp_path / "noext.npz").exists()
+    again = Problem.load("noext")            # …and load finds it
+    assert again.n_prune == 2 and np.array_equal(again.weights, prob.weights)
+
+
+def test_save_and_load_file_objects(tmp_path):
+    import io
+    prob = random_problem(6, 3, 2, seed=2, gradient=True)
+    buf = io.BytesIO()
+    prob.save(buf)
+    buf.seek(0)
+    again = Problem.load(buf)
+    assert np.array_equal(again.gradient, prob.gradient) and again.n_prune == 2
+    with open(tmp_path / "f.npz", "wb") as fh:
+        prob.save(fh)
+    with open(tmp_path / "f.npz", "rb") as fh:
+        assert Problem.load(fh).p == 6
+    with open(tmp_path / "t.txt", "w") as fh, pytest.raises(TypeError, match="binary mode"):
+        prob.save(fh)
+
+
+def _corrupt_files(tmp_path):
+    prob = random_problem(6, 3, 2, seed=3)
+    good = tmp_path / "good.npz"
+    prob.save(good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.npz").write_text("weights = [1, 2, 3]\n")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04" + bytes(range(200)))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name,why", [("truncated.npz", "truncated or corrupt"), ("text.npz", "not an .npz"),
+                                      ("empty.npz", "empty file"), ("garbage.npz", "truncated or corrupt")])
+def test_corrupt_files_are_problem_file_errors(tmp_path, name, why):
+    from cbs_opt.errors import ProblemFileError
+    path = _corrupt_files(tmp_path) / name
+    with pytest.raises(ProblemFileError, match=f"not a cbs-opt problem file \\(.*{why}") as info:
+        Problem.load(path)
+    assert "allow_pickle" not in str(info.value) and "pickle" not in str(info.value).lower()
+
+
+def test_unknown_format_version_and_missing_keys(tmp_path):
+    from cbs_opt.errors import ProblemFileError
+    w = np.ones(4)
+    np.savez(tmp_path / "future.npz", format=np.str_("cbs-opt-problem-99"), weights=w)
+    with pytest.raises(ProblemFileError, match="format version '99'.*upgrade"):
+        Problem.load(tmp_path / "future.npz")
+    np.savez(tmp_path / "missing.npz", format=np.str_("cbs-opt-problem-2"), weights=w, damping=0.1,
+             objective=np.str_("update"))
+    with pytest.raises(ProblemFileError, match="missing 'n_prune'.*'budget_kind'"):
+        Problem.load(tmp_path / "missing.npz")
+    np.savez(tmp_path / "objects.npz", format=np.str_("cbs-opt-problem-1"), weights=np.array([None], dtype=object),
+             damping=0.1, objective=np.str_("update"), n_prune=1)
+    with pytest.raises(ProblemFileError, match="object arrays") as info:
+        Problem.load(tmp_path / "objects.npz")
+    assert "allow_pickle" not in str(info.value)
+    # an old (version 1) file without budget entries still loads as a total budget
+    np.savez(tmp_path / "v1.npz", format=np.str_("cbs-opt-problem-1"), weights=w, hessian=np.eye(4), damping=0.1,
+             objective=np.str_("update"), n_prune=np.int64(2))
+    assert Problem.load(tmp_path / "v1.npz").budget.kind == "total"
+
+
+# -- issue 15, item 15: complex input is refused, not silently cast --------------------------------------
+@pytest.mark.parametrize("name", ["weights", "grads", "hessian", "gradient"])
+def test_complex_arrays_refused(name):
+    import warnings
+    from cbs_opt.errors import InvalidArgumentError
+    kw = dict(weights=np.ones(4), damping=1e-3, n_prune=1)
+    if name == "hessian":
+        kw["hessian"] = np.eye(4) * (1 + 1j)
+    else:
+        kw["grads"] = np.ones((2, 4))
+        kw[name] = kw.get(name, np.ones(4)) * (1 + 0.5j) if name != "grads" else np.ones((2, 4)) + 1j
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no ComplexWarning either: refused before any cast
+        with pytest.raises(InvalidArgumentError, match=f"{name} must be real, got complex values"):
+            Problem(**kw)
+
+
+def test_complex_lists_and_tensors_refused():
+    from cbs_opt.errors import InvalidArgumentError
+    with pytest.raises(InvalidArgumentError, match="weights must be real"):
+        Problem(weights=[1.0, 2j, 3.0], hessian=np.eye(3), n_prune=1)
+    with pytest.raises(InvalidArgumentError, match="weights must be real"):
+        Problem(weights=torch.ones(3, dtype=torch.complex64), hessian=np.eye(3), n_prune=1)

@@ -96,3 +96,90 @@ def test_objective_kind_checked(prob):
             solve(prob.with_objective("selection"), "update_only")
     finally:
         solvers.unregister("update_only")
+
+
+# -- issue 15 item 4: what a backend's answer is worth, consistent with the README table -----------------
+def test_backend_kinds_match_the_readme_table():
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = dict(re.findall(r"^\| `(\w+)` \| (exact|bound|heuristic|baseline) \|", readme, flags=re.M))
+    info = solvers.backends()
+    assert {"magnitude", "obs", "enumerate", "miqp", "relaxation", "greedy_swap"} <= set(table)
+    for name, kind in table.items():
+        assert info[name].kind == kind, name
+    assert info["relaxation"].kind == "bound" and not info["relaxation"].exact
+    assert info["miqp"].exact and info["enumerate"].exact and not info["greedy_swap"].exact
+
+
+def test_cli_solvers_does_not_call_relaxation_a_heuristic(capsys):
+    from cbs_opt.cli import main
+    assert main(["solvers"]) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith("relaxation "))
+    assert "bound" in line.split() and "heuristic" not in line.split()
+    assert "baseline" in next(row for row in out.splitlines() if row.startswith("magnitude ")).split()
+
+
+def test_register_kind_defaults_and_conflicts():
+    @solvers.register("kind_default")
+    def _plain(problem, *, seed, time_limit, progress):  # pragma: no cover - never runs
+        raise AssertionError
+
+    @solvers.register("kind_exact", exact=True)
+    def _exact(problem, *, seed, time_limit, progress):  # pragma: no cover - never runs
+        raise AssertionError
+
+    try:
+        assert solvers.backends()["kind_default"].kind == "heuristic"
+        assert solvers.backends()["kind_default"].budgets == ("total",)
+        assert solvers.backends()["kind_exact"].kind == "exact"
+        with pytest.raises(solvers.InvalidArgumentError, match="contradicts"):
+            solvers.register("kind_conflict", _plain, exact=True, kind="bound")
+    finally:
+        solvers.unregister("kind_default")
+        solvers.unregister("kind_exact")
+
+
+# -- issue 12 item 4: run settings are not backend options --------------------------------------------------
+@pytest.mark.parametrize("name", ["time_limit", "seed", "progress"])
+def test_reserved_name_passed_as_an_option(prob, name):
+    from solvers.registry import check_options
+    with pytest.raises(solvers.ArgumentTypeError, match=f"{name} is a run setting of solve\\(\\), not an option "
+                                                        f"of solver 'greedy_swap'"):
+        check_options("greedy_swap", {name: 1, "rho": 5})
+    # the same mistake through solve(): options=dict(...) holding a run setting
+    with pytest.raises(solvers.ArgumentTypeError, match=f"{name} is a run setting"):
+        solve(prob, "greedy_swap", options={name: 1})
+    check_options("greedy_swap", {"rho": 5})   # genuine options pass
+
+
+def test_prune_time_limit_with_solver_options_regression():
+    """`--time-limit` once failed for every solver with "got multiple values for keyword argument
+    'time_limit'": a run setting inside the solver options must get the clear error, a real time limit work."""
+    import torch
+    from cbs_opt import prune
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    res = prune(model, (x, y), sparsity=0.5, solver="greedy_swap", time_limit=10, n_samples=16)
+    assert 0.4 <= res.sparsity <= 0.6
+    with pytest.raises(TypeError, match="time_limit is a run setting"):
+        prune(model, (x, y), sparsity=0.5, solver="greedy_swap", solver_options={"time_limit": 10}, n_samples=16)
+
+
+def test_unknown_option_is_argument_type_error(prob):
+    with pytest.raises(solvers.ArgumentTypeError, match="unknown option\\(s\\) bogus.*accepted: max_subsets"):
+        solve(prob, "enumerate", bogus=1)
+
+
+def test_cli_solve_time_limit_and_reserved_option(tmp_path, capsys):
+    """`cbs-opt solve --time-limit` works; `--option time_limit=…` is one line on stderr with exit 2."""
+    from cbs_opt.cli import main
+    path = tmp_path / "block.npz"
+    random_problem(8, 4, 3, seed=0).save(path)
+    assert main(["solve", str(path), "--solver", "greedy_swap", "--time-limit", "10"]) == 0
+    capsys.readouterr()
+    assert main(["solve", str(path), "--solver", "greedy_swap", "--option", "time_limit=10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "time_limit is a run setting" in err[0] and "Traceback" not in err[0]

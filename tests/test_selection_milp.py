@@ -80,3 +80,26 @@ def test_full_rank_blocks_stay_best_first(monkeypatch):
     sol = solve(prob, "miqp")
     assert sol.info["search"] == "best_first" and sol.status == "optimal"
     assert _close(sol.objective, solve(prob, "enumerate").objective)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_milp_budget_rows_per_group(seed):
+    """One budget row per group: the MILP equals brute force over the per-group choices (N:M and irregular)."""
+    import brute
+    from cbs_opt import Problem
+    rng = np.random.default_rng(seed)
+    p = 12
+    w, G = rng.normal(size=p), rng.normal(size=(int(rng.integers(2, 9)), p))
+    if seed % 2:
+        prob = Problem(weights=w, grads=G, damping=1e-3, pattern=["2:4", "1:4", "3:4"][seed % 3],
+                       objective="selection", gradient=0.1 * rng.normal(size=p) if seed == 3 else None)
+    else:
+        ids = rng.permutation(np.repeat([0, 1, 2], [4, 3, 5]))
+        prob = Problem(weights=w, grads=G, damping=1e-3, groups=ids, n_prune=[1, 3, 2], objective="selection")
+    b = prob.budget
+    F = brute.dense_f(w, G, prob.damping)
+    best, _ = brute.brute_force_partition(F, w, b.groups, b.counts, "selection", prob.gradient)
+    res = solve_selection_milp(prob, deadline=Deadline(None), rel_gap=1e-9)
+    assert res is not None and res.optimal and b.is_satisfied(res.pruned)
+    assert _close(prob.selection_cost(res.pruned), best)
+    assert res.bound <= best + 1e-7 * max(abs(best), 1e-12)

@@ -305,3 +305,59 @@ def test_from_tensors_validates():
     form = LowRankForm.from_tensors(A, 1e-2, torch.randn(5, dtype=torch.float64))
     f = fit(form, torch.tensor([True, False, True, False, True]))
     assert f.cost == pytest.approx(form.cost_of(f.x), rel=1e-10)
+
+
+# -- partition budgets (issue 12) ------------------------------------------------------------------------
+def test_group_pairs_stay_inside_groups_and_rank_by_profit():
+    from solvers.swap_search import group_pairs
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    kept = torch.tensor([True, False, False, True, True, False, True, True])
+    score_in = torch.tensor([0.0, 5.0, 1.0, 0.0, 0.0, 2.0, 0.0, 0.0])
+    score_out = torch.tensor([3.0, 0.0, 0.0, 1.0, 0.5, 0.0, 0.1, 0.2])
+    into, out, profit = group_pairs(score_in, score_out, kept, groups)
+    pairs = list(zip(into.tolist(), out.tolist()))
+    # group 0: best entering 1 (5.0) with its only kept 0 (3.0); group 1: entering 5 (2.0) with cheapest 4 (0.5);
+    # group 2 has nothing pruned
+    assert pairs == [(1, 0), (5, 4)]
+    assert profit.tolist() == pytest.approx([2.0, 1.5])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_update_swap_grouped_moves_replay_exactly(seed):
+    """Every swap under an N:M budget stays inside a group, and its delta is the true change of the cost."""
+    rng = np.random.default_rng(seed)
+    prob = Problem(weights=rng.normal(size=32), grads=rng.normal(size=(10, 32)), damping=1e-2, pattern="2:4")
+    form = LowRankForm.from_problem(prob, "cpu", torch.float64)
+    start = solvers.magnitude.smallest_for(np.abs(prob.weights), prob)
+    kept = torch.ones(32, dtype=torch.bool)
+    kept[torch.as_tensor(start)] = False
+    state = KeptState(form, kept)
+    groups = torch.as_tensor(prob.budget.groups.copy())
+    current = set(start.tolist())
+    events = []
+
+    def on_swap(i, j, delta):
+        events.append((i, j, delta))
+
+    swap_descent(state, rho=8, epsilon=1e-12, groups=groups, on_swap=on_swap)
+    assert events
+    for i, j, delta in events:
+        assert prob.budget.groups[i] == prob.budget.groups[j]
+        before = prob.update_cost(np.array(sorted(current)))
+        current = (current - {i}) | {j}
+        after = prob.update_cost(np.array(sorted(current)))
+        assert after - before == pytest.approx(delta, rel=1e-6, abs=1e-12) and after < before
+    assert sorted(current) == state.pruned_indices().tolist()
+    assert prob.budget.is_satisfied(state.pruned_indices())
+
+
+def test_iht_grouped_projection_is_monotone_and_feasible():
+    rng = np.random.default_rng(7)
+    prob = Problem(weights=rng.normal(size=64), grads=rng.normal(size=(20, 64)), damping=1e-2,
+                   groups=np.repeat(np.arange(4), 16), n_prune=[4, 8, 12, 0])
+    start = prob.update_cost(solvers.magnitude.smallest_for(np.abs(prob.weights), prob))
+    sol = solve(prob, "iht", init="magnitude")
+    assert prob.budget.is_satisfied(sol.pruned) and sol.objective <= start
+    assert sol.info["iterations"] >= 1
+    kicked = solve(prob, "update_swap", init="magnitude", kicks=3, seed=1)
+    assert prob.budget.is_satisfied(kicked.pruned) and kicked.objective <= start
