@@ -93,8 +93,20 @@ def _blocks(text: str):
     return size
 
 
+def _add_parallel_arguments(parser, jobs_help: str) -> None:
+    """``--jobs N`` (a local process pool) or ``--scheduler ADDRESS`` (a Dask cluster), not both."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--jobs", "-j", type=_positive_int, default=None, help=jobs_help)
+    group.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="run on a Dask cluster (e.g. tcp://127.0.0.1:8786; needs pip install 'cbs-opt[dask]')")
+
+
 def _progress(args) -> bool:
     return not getattr(args, "quiet", False)
+
+
+def _percent(value: float) -> str:
+    return "n/a (no test data)" if math.isnan(value) else f"{100 * value:.2f}%"
 
 
 def _say(args, text: str = "") -> None:
@@ -142,6 +154,68 @@ MODELS = {
     "mlpnet": ("784-40-20-10 MLPNet on MNIST IDX files (--checkpoint required, --data: the IDX folder)",
                _mlpnet_setup),
 }
+
+
+def _import_object(spec: str, what: str):
+    """``package.module:name`` or ``path/to/file.py:name`` → the object (a function, usually).
+
+    The current directory is importable, as for ``python -m``; nothing is ever unpickled.
+    """
+    import importlib
+    import importlib.util
+
+    target, colon, attr = spec.rpartition(":")
+    if not colon or not target or not attr.isidentifier():
+        raise UserError(f"{what} must look like package.module:function or file.py:function, got {spec!r}")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.exists():
+            raise UserError(f"{what}: file not found: {path}")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UserError(f"{what}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise UserError(f"{what}: cannot import module {target!r} ({exc})") from None
+    if not hasattr(module, attr):
+        raise UserError(f"{what}: module {target!r} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def _factory_setup(model_spec: str, data_spec: str | None, checkpoint: Path | None):
+    """A user's architecture from ``--model pkg.mod:make_model`` (called with no arguments), its weights
+    from a ``--checkpoint`` state dict, and its data from ``--data pkg.mod:make_data``.
+
+    ``make_data()`` returns the training data (a DataLoader or an ``(inputs, targets)`` pair) or a dict
+    ``{"train": ..., "test": ...}``; with test data the report shows the accuracy before and after.
+    """
+    import torch
+
+    make_model = _import_object(model_spec, "--model")
+    if not callable(make_model):
+        raise UserError(f"--model {model_spec!r} is not callable")
+    model = make_model()
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"--model {model_spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if checkpoint is not None:
+        _load_into(model, _load_state(checkpoint), checkpoint)
+    if data_spec is None:
+        raise UserError("a --model factory needs --data package.module:make_data (its calibration data)")
+    make_data = _import_object(data_spec, "--data")
+    data = make_data() if callable(make_data) else make_data
+    test = None
+    if isinstance(data, dict):
+        if "train" not in data:
+            raise UserError(f"--data {data_spec!r} returned a dict without a 'train' entry")
+        data, test = data["train"], data.get("test")
+    return model.eval(), data, test
 
 
 def _load_state(path: Path) -> dict:
@@ -224,7 +298,12 @@ def cmd_study(args) -> int:
     if args.no_network:
         study.network = None
 
-    result = st.run_study(study, jobs=args.jobs, progress=_progress(args))
+    if args.scheduler:  # a Dask cluster runs the cells; the client is closed when the study ends
+        from .executors import executor_scope
+        with executor_scope(scheduler=args.scheduler) as client:
+            result = st.run_study(study, executor=client, progress=_progress(args))
+    else:
+        result = st.run_study(study, jobs=args.jobs, progress=_progress(args))
     _say(args, markdown_table(*solver_summary(result.records)))
     if result.network:
         _say(args)
@@ -236,7 +315,7 @@ def cmd_study(args) -> int:
     if not result.ok:
         for line in failure_lines(result)[:20]:
             print(f"  {line}", file=sys.stderr)
-        print(f"{PROG}: error: study failed validation: {len(result.failures)} failed cross-check(s), "
+        print(f"{PROG}: error: study failed validation: {len(result.failed_checks)} failed cross-check(s), "
               f"{len(result.errors)} failed run(s)" + (f" (see {args.out}/report.md)" if args.out else ""),
               file=sys.stderr)
         return 1
@@ -266,8 +345,10 @@ def cmd_solve(args) -> int:
                             f"got {args.n_prune}")
         problem = problem.with_n_prune(args.n_prune)
     _say(args, f"{path.name}: {problem!r}")
+    options = _options(args.option)
+    solvers.registry.check_options(args.solver, options)  # a run setting as --option: one clear line, exit 2
     sol = solvers.solve(problem, args.solver, time_limit=args.time_limit, seed=args.seed or 0,
-                        progress=_progress(args), **_options(args.option))
+                        progress=_progress(args), **options)
     print(sol.summary())
     reported = sol.info.get("reported_objective")
     tol = Tolerances()
@@ -283,6 +364,9 @@ def cmd_solve(args) -> int:
                             objective=np.float64(sol.objective), status=np.str_(sol.status.value),
                             solver=np.str_(sol.solver))
         _say(args, f"wrote {out}")
+    if sol.status == "interrupted":  # Ctrl-C: the incumbent and bound are printed (and written) above
+        print(f"{PROG}: error: interrupted; reported the best incumbent found so far", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -291,24 +375,41 @@ def cmd_prune(args) -> int:
 
     from .prune import prune
 
-    if args.model not in MODELS:
-        raise UserError(f"unknown --model {args.model!r}; known: {', '.join(MODELS)}")
-    setup = MODELS[args.model][1]
-    model, train, test = setup(Path(args.checkpoint) if args.checkpoint else None,
-                               Path(args.data) if args.data else None, args.seed or 0)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if ":" in args.model:
+        model, train, test = _factory_setup(args.model, args.data, checkpoint)
+    elif args.model in MODELS:
+        setup = MODELS[args.model][1]
+        model, train, test = setup(checkpoint, Path(args.data) if args.data else None, args.seed or 0)
+    else:
+        raise UserError(f"unknown --model {args.model!r}; known: {', '.join(MODELS)}, "
+                        "or package.module:make_model for your own architecture")
 
     def accuracy(net) -> float:
-        with torch.no_grad():
-            return float((net(test[0]).argmax(1) == test[1]).float().mean())
+        """Top-1 accuracy on the test data (nan without test data); the model's mode is left as it was."""
+        if test is None:
+            return float("nan")
+        batches = [test] if isinstance(test, (tuple, list)) and len(test) == 2 \
+            and all(isinstance(t, torch.Tensor) for t in test) else test
+        was_training, correct, count = net.training, 0, 0
+        net.eval()
+        try:
+            with torch.no_grad():
+                for x, y in batches:
+                    correct += int((net(x).argmax(1) == y).sum())
+                    count += int(y.shape[0])
+        finally:
+            net.train(was_training)
+        return correct / max(1, count)
 
     dense = accuracy(model)
     options = _options(args.option)
-    if args.time_limit is not None:
-        options["time_limit"] = args.time_limit
     start = time.perf_counter()
-    result = prune(model, train, args.sparsity, solver=args.solver, objective=args.objective,
-                   n_samples=args.n_samples, damping=args.damping, blocks=args.blocks, seed=args.seed or 0,
-                   stages=args.stages, solver_options=options, progress=_progress(args))
+    # Settings left unset on the command line keep prune()'s own (measured) defaults.
+    chosen = {k: v for k, v in (("damping", args.damping), ("blocks", args.blocks), ("solver", args.solver),
+                                ("n_samples", args.n_samples)) if v is not None}
+    result = prune(model, train, args.sparsity, objective=args.objective, seed=args.seed or 0, stages=args.stages, solver_options=options,
+                   progress=_progress(args), time_limit=args.time_limit, loss=args.loss, **chosen)
     seconds = time.perf_counter() - start
     pruned_acc = accuracy(result.model)
 
@@ -319,14 +420,15 @@ def cmd_prune(args) -> int:
     kept = sum(int(m.sum()) for m in masks.values())
     solutions = list(result.solutions.values()) if isinstance(result.solutions, dict) else list(result.solutions)
     objective = sum(s.objective for s in solutions)
+    used_solver = solutions[0].solver if solutions else (args.solver or "default")
     lines = [f"# Pruned {args.model}", "",
              f"Command: `cbs-opt {' '.join(args.argv)}`", "",
              "| quantity | value |", "| --- | --- |",
-             f"| solver | {args.solver} |", f"| objective | {args.objective} |",
+             f"| solver | {used_solver} |", f"| objective | {args.objective} |",
              f"| blocks | {args.blocks} ({len(solutions)} solved) |",
              f"| sparsity | {1 - kept / total:.4f} ({total - kept:,} of {total:,} weights pruned) |",
              f"| total model objective | {objective:.6g} |",
-             f"| test accuracy | {100 * dense:.2f}% dense → {100 * pruned_acc:.2f}% pruned |",
+             f"| test accuracy | {_percent(dense)} dense → {_percent(pruned_acc)} pruned |",
              f"| seconds | {seconds:.2f} |", "",
              "| parameter | weights | kept | sparsity |", "| --- | --- | --- | --- |"]
     for name, m in masks.items():
@@ -339,15 +441,16 @@ def cmd_prune(args) -> int:
         torch.save(masks, out / "masks.pt")
         (out / "prune_report.md").write_text(report)
         (out / "prune_summary.json").write_text(json.dumps(
-            {"model": args.model, "solver": args.solver, "sparsity": 1 - kept / total,
-             "dense_accuracy": dense, "pruned_accuracy": pruned_acc, "objective": objective,
+            {"model": args.model, "solver": used_solver, "sparsity": 1 - kept / total,
+             "dense_accuracy": None if math.isnan(dense) else dense,
+             "pruned_accuracy": None if math.isnan(pruned_acc) else pruned_acc, "objective": objective,
              "blocks": len(solutions), "seconds": seconds}, indent=1))
     if not args.quiet:
         print(report)
         if args.out:
             print(f"wrote pruned.pt, masks.pt, prune_report.md, prune_summary.json to {args.out}/")
     else:
-        print(f"{args.model}: sparsity {1 - kept / total:.4f}, accuracy {100 * dense:.2f}% -> {100 * pruned_acc:.2f}%")
+        print(f"{args.model}: sparsity {1 - kept / total:.4f}, accuracy {_percent(dense)} -> {_percent(pruned_acc)}")
     return 0
 
 
@@ -365,7 +468,8 @@ def cmd_solvers(args) -> int:
                 reason = probe_engine(name, engine) if engine in engines_of(name) else "not installed"
                 engines.append({"engine": engine, "available": reason is None, "reason": reason or "",
                                 "install": _engine_hint(name, engine)})
-        rows.append({"name": name, "available": ok, "exact": info.exact, "description": info.description,
+        rows.append({"name": name, "available": ok, "exact": info.exact, "kind": info.kind,
+                     "description": info.description,
                      "engines": engines, "options": info.options(),
                      "install": "" if ok else (info.install_hint or f"needs {', '.join(info.requires)}")})
     if args.json:
@@ -376,7 +480,7 @@ def cmd_solvers(args) -> int:
     for r in rows:
         usable = ", ".join(e["engine"] for e in r["engines"] if e["available"]) or "-"
         print(f"{r['name']:<{width}}  {'yes' if r['available'] else 'no':<9}  "
-              f"{'exact' if r['exact'] else 'heuristic':<9}  {usable}")
+              f"{r['kind']:<9}  {usable}")
         print(f"{'':<{width}}    {r['description']}")
         if r["install"]:
             print(f"{'':<{width}}    install: {r['install']}")
@@ -388,26 +492,16 @@ def cmd_solvers(args) -> int:
 
 
 def _all_engines(name: str) -> list[str]:
-    """Every engine a backend knows (its default plus its module's ``ENGINES`` table), usable or not."""
-    import inspect
+    """Every engine registered for a backend (``solvers.engines``), usable here or not, the default first."""
+    from solvers import engines
 
-    from solvers import backends
-
-    info = backends()[name]
-    params = inspect.signature(info.func).parameters
-    if "engine" not in params:
-        return []
-    out = [params["engine"].default] if isinstance(params["engine"].default, str) else []
-    module = __import__(info.func.__module__, fromlist=["_"])
-    return out + [k for k in dict(getattr(module, "ENGINES", {}) or {}) if k not in out]
+    return [e.name for e in engines(name)]
 
 
 def _engine_hint(name: str, engine: str) -> str:
-    from solvers import backends
+    from solvers import engines
 
-    module = __import__(backends()[name].func.__module__, fromlist=["_"])
-    entry = dict(getattr(module, "ENGINES", {}) or {}).get(engine)
-    return entry[2] if isinstance(entry, tuple) and len(entry) > 2 else ""
+    return next((e.install_hint for e in engines(name) if e.name == engine), "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,8 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "embedded default (Fisher blocks of a small MLP on scikit-learn's digits).")
     p.add_argument("--spec", metavar="FILE.toml", help="study spec (see docs/study.md)")
     p.add_argument("--out", metavar="DIR", help="write report.md, report.html, records.csv/json and PNG plots")
-    p.add_argument("--jobs", "-j", type=_positive_int, default=None,
-                   help="worker processes (default: CPU count; 1 = run in this process)")
+    _add_parallel_arguments(p, "worker processes (default: CPU count; 1 = run in this process)")
     p.add_argument("--solver", action="append", metavar="NAME[:k=v,...]",
                    help="a solver to include, with options (repeatable; default: every available one)")
     p.add_argument("--sparsity", action="append", type=_sparsity, metavar="S", help="sparsity (repeatable)")
@@ -470,16 +563,22 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prune a model checkpoint to a sparsity with a solver; write the pruned "
                                    "state dict, the masks and a report. Models: "
                                    + "; ".join(f"{k}: {v[0]}" for k, v in MODELS.items()))
-    p.add_argument("--model", default="digits", choices=sorted(MODELS), help="architecture (default digits)")
-    p.add_argument("--checkpoint", metavar="FILE.pt", help="state dict to prune")
-    p.add_argument("--data", metavar="DIR", help="data folder (mlpnet: the MNIST IDX files; default "
-                                                  "$CBS_OPT_DATA/mnist)")
+    p.add_argument("--model", default="digits", metavar="digits|mlpnet|MODULE:FACTORY",
+                   help="architecture: digits (default), mlpnet, or your own as package.module:make_model "
+                        "(or file.py:make_model), called with no arguments")
+    p.add_argument("--checkpoint", metavar="FILE.pt", help="state dict to prune (loaded with weights_only=True)")
+    p.add_argument("--data", metavar="DIR|MODULE:FACTORY",
+                   help="mlpnet: the MNIST IDX folder (default $CBS_OPT_DATA/mnist); with a --model factory: "
+                        "package.module:make_data returning the training data or {'train': ..., 'test': ...}")
+    p.add_argument("--loss", default="cross_entropy", choices=("cross_entropy", "nll", "mse"),
+                   help="loss of the Fisher (default cross_entropy on logits)")
     p.add_argument("--sparsity", type=_sparsity, required=True, help="fraction of weights to prune")
-    p.add_argument("--solver", default="greedy_swap", help="backend name (default greedy_swap)")
+    p.add_argument("--solver", default=None, help="backend name (default: prune()'s default)")
     p.add_argument("--objective", choices=("update", "selection"), default="update")
     p.add_argument("--blocks", type=_blocks, default=None, metavar="model|layer|row|K",
                    help="Fisher blocks (default: 16-weight chunks for digits, rows for mlpnet)")
-    p.add_argument("--n-samples", type=_positive_int, default=1000, metavar="N", help="Fisher samples")
+    p.add_argument("--n-samples", type=_positive_int, default=None, metavar="N",
+                   help="Fisher samples (default: prune()'s default)")
     p.add_argument("--damping", type=_nonneg_float, default=None, help="Fisher damping (default 1e-4 "
                                                                          "digits, 1e-3 mlpnet)")
     p.add_argument("--stages", type=_positive_int, default=1, help="gradual pruning stages")
@@ -507,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.argv = argv
-    if args.command == "prune":
+    if args.command == "prune" and args.model in MODELS:  # the built-in nets' measured settings
         if args.blocks is None:
             args.blocks = 16 if args.model == "digits" else "row"
         if args.damping is None:
@@ -518,9 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # user-facing errors → one line; --debug for the traceback
-        from solvers import SolverError
-        if args.debug or not isinstance(exc, (UserError, ValueError, TypeError, OSError, ImportError,
-                                              SolverError, KeyError)):
+        from solvers import CbsOptError
+        if args.debug or not isinstance(exc, (UserError, CbsOptError, ValueError, TypeError, OSError,
+                                              ImportError, KeyError)):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, KeyError):

@@ -149,7 +149,15 @@ def accuracy_table(network) -> tuple[list[str], list[list[str]]]:
 
 
 def failure_lines(result) -> list[str]:
-    lines = [str(f) for f in result.failures]
+    """One line per failed run: a run that fails several cross-checks (a wrong reported objective is
+    usually also a false optimality claim) is listed once, with every check it failed."""
+    runs: dict[tuple, list] = {}
+    for f in result.failures:
+        if f.check == "error":  # failed runs are listed below, from result.errors, once each
+            continue
+        runs.setdefault((f.instance, f.m, f.objective_kind, f.solver, f.seed), []).append(f)
+    lines = [f"[{', '.join(f.check for f in fs)}] {fs[0].instance} (m={fs[0].m}, {fs[0].objective_kind}) "
+             f"{fs[0].solver}: {'; '.join(f.message for f in fs)}" for fs in runs.values()]
     lines += [f"[error] {getattr(r, 'instance', getattr(r, 'network', ''))} {r.solver}: {r.error}"
               for r in result.errors]
     return lines
@@ -433,7 +441,7 @@ def write_report(result, directory: str | os.PathLike, *, command: str | None = 
     intro = (f"Validation **{status}**: {len(result.records)} solver runs"
              + (f" and {len(result.network)} pruned networks ({len(result.network_blocks)} block solves inside "
                 f"them, cross-checked the same way)" if result.network else "")
-             + f", {len(result.failures)} failed cross-checks, {len(result.errors)} failed runs. "
+             + f", {len(result.failed_checks)} failed cross-checks, {len(result.errors)} failed runs. "
              f"Wall time {meta.get('seconds', 0):.1f} s ({meta.get('executor', '?')}"
              + (f", {meta['jobs']} workers" if meta.get("jobs") else "") + f"), {meta.get('date', '')}.")
     blocks.append(("p", intro))

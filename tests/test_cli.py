@@ -198,7 +198,7 @@ def test_prune_mlpnet_on_tiny_idx_files(tmp_path, capsys):
     (["prune", "--checkpoint", "missing.pt", "--sparsity", "0.5"], "checkpoint not found"),
     (["prune", "--sparsity", "0.5", "--solver", "nope"], "unknown solver 'nope'"),
     (["prune", "--sparsity", "0.5", "--blocks", "rows"], "--blocks must be"),
-    (["prune", "--model", "resnet", "--sparsity", "0.5"], "invalid choice"),
+    (["prune", "--model", "resnet", "--sparsity", "0.5"], "unknown --model 'resnet'"),
 ])
 def test_prune_bad_input_is_a_one_line_error(capsys, argv, fragment):
     assert main(argv) == 2

@@ -155,10 +155,17 @@ def test_a_lying_backend_is_caught(liars, liar, check):
 
 def test_a_crashing_backend_is_a_failed_run_not_a_crash(liars):
     result = run_study(_liar_study("crasher"), jobs=1)
-    assert not result.ok and not result.failures
+    assert not result.ok
     bad = [r for r in result.records if r.solver == "crasher"]
     assert len(result.errors) == len(bad) == 2
     assert all(r.status == "error" and "backend exploded" in r.error and not r.valid for r in bad)
+    # every failed run is listed in failures, once, with its error line (never an empty list when not ok)
+    assert [f.check for f in result.failures] == ["error", "error"]
+    assert {f.instance for f in result.failures} == {r.instance for r in bad}
+    assert all(f.solver == "crasher" and "backend exploded" in f.message for f in result.failures)
+    assert result.failed_checks == []
+    from cbs_opt.report import failure_lines
+    assert len(failure_lines(result)) == 2  # each failed run once, not once per list
 
 
 def test_lying_backend_in_the_report(liars, tmp_path):

@@ -18,10 +18,11 @@ from collections import defaultdict
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from ..executors import InlineExecutor, ensure_backend, is_dask_client, portable_backend, resolve_executor
 from ..problem import Problem
 from .checks import validate
 from .records import RECORD_FIELDS, NetworkRecord, Record, ValidationFailure
@@ -42,6 +43,7 @@ class _Task:
     seed: int
     time_limit: float | None
     measure_memory: bool
+    backend: Any = None  # the BackendInfo of a backend registered at run time (shipped to workers)
 
 
 def _with_damping(prob: Problem, damping: float | None) -> Problem:
@@ -54,22 +56,28 @@ def _with_damping(prob: Problem, damping: float | None) -> Problem:
                    objective=prob.objective_kind, gradient=prob.gradient)
 
 
+def _task_record(task: _Task, problem: Problem) -> Record:
+    """The record of one task before it runs (status "error" until a solution fills it in)."""
+    return Record(run_id=task.run_id, instance=task.instance, family=task.family, p=problem.p,
+                  N=problem.n_samples, m=problem.n_prune, sparsity=task.sparsity, damping=problem.damping,
+                  objective_kind=task.objective_kind, solver=task.spec.name, backend=task.spec.solver,
+                  engine=task.spec.engine, options=json.dumps(dict(task.spec.options), sort_keys=True),
+                  exact=task.exact, seed=task.seed, time_limit=task.time_limit, status="error")
+
+
 def _execute(task: _Task, problem: Problem) -> Record:
     """Worker: one solve, timed and memory-traced; solver errors become an ``"error"`` record."""
     import tracemalloc
 
     import solvers
 
-    rec = Record(run_id=task.run_id, instance=task.instance, family=task.family, p=problem.p,
-                 N=problem.n_samples, m=problem.n_prune, sparsity=task.sparsity, damping=problem.damping,
-                 objective_kind=task.objective_kind, solver=task.spec.name, backend=task.spec.solver,
-                 engine=task.spec.engine, options=json.dumps(dict(task.spec.options), sort_keys=True),
-                 exact=task.exact, seed=task.seed, time_limit=task.time_limit, status="error")
+    rec = _task_record(task, problem)
     tracing = task.measure_memory and not tracemalloc.is_tracing()
     if tracing:
         tracemalloc.start()
     start = time.perf_counter()
     try:
+        ensure_backend(task.backend)
         sol = solvers.solve(problem, task.spec.solver, time_limit=task.time_limit, seed=task.seed,
                             **dict(task.spec.options))
     except Exception as exc:  # a failing backend is a result of the study, not a crash of it
@@ -148,44 +156,69 @@ def _thread_limits(n: int | None):
             limiter.restore_original_limits()
 
 
-class _InlineFuture:
-    """A finished 'future' for work run in the calling process (jobs=1)."""
+def _submit(executor, fn, *args):
+    if is_dask_client(executor):  # each call its own task: no hashing of the (large) arguments
+        return executor.submit(fn, *args, pure=False)
+    return executor.submit(fn, *args)
 
-    def __init__(self, fn, *args):
+
+def _unshippable(study: Study) -> dict[str, str]:
+    """Backends registered at run time that a process pool cannot send (pickle goes by reference):
+    ``{solver: why}``. Their runs become error records instead of crashing the pool."""
+    import pickle
+    out = {}
+    for spec in study.solvers:
+        info = portable_backend(spec.solver)
+        if info is None or spec.solver in out:
+            continue
         try:
-            self._value, self._exc = fn(*args), None
-        except BaseException as exc:  # re-raised by result(), like a real future
-            self._value, self._exc = None, exc
-
-    def result(self, timeout=None):
-        if self._exc is not None:
-            raise self._exc
-        return self._value
-
-
-class _InlineExecutor:
-    def submit(self, fn, *args):
-        return _InlineFuture(fn, *args)
+            pickle.dumps(info)
+        except Exception as exc:
+            out[spec.solver] = (f"backend {spec.solver!r} was registered at run time and cannot be sent to "
+                                f"process-pool workers ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                                f"define it at module level in an importable module, or run with jobs=1, "
+                                f"a thread pool or a Dask client")
+    return out
 
 
-def _gather(futures: list, bar) -> list:
-    """Results in submission order; progress advances as they finish (any future type)."""
+def _refuse(task: _Task, why: str):
+    from ..executors import BackendTransportError
+    raise BackendTransportError(why)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()
+    return (text[0] if text else type(exc).__name__)[:500]
+
+
+def _gather(futures: list, bar, on_error: Callable[[int, BaseException], Any]) -> list:
+    """Results in submission order; progress advances as they finish (any future type).
+
+    A call that raised instead of returning a record — a worker that crashed, a task or backend that
+    could not be sent to the worker — becomes ``on_error(index, exception)``: an error record, so it is
+    counted and reported in ``result.failures`` instead of aborting the whole study.
+    """
+    out = []
     if futures and all(isinstance(f, Future) for f in futures):
         for f in as_completed(futures):
-            if f.exception() is not None:  # a crashed worker (not a solver error): fail fast
-                raise f.exception()
             if bar is not None:
                 bar.update(1)
-        return [f.result() for f in futures]
-    out = []
-    for f in futures:  # Dask & co.: their futures have .result() but not the stdlib protocol
-        out.append(f.result())
+        for i, f in enumerate(futures):
+            exc = f.exception()
+            out.append(on_error(i, exc) if exc is not None else f.result())
+        return out
+    for i, f in enumerate(futures):  # Dask & co.: their futures have .result() but not the stdlib protocol
+        try:
+            out.append(f.result())
+        except Exception as exc:
+            out.append(on_error(i, exc))
         if bar is not None:
             bar.update(1)
     return out
 
 
 def _tasks(study: Study, registry_exact: Mapping[str, bool]) -> list[tuple[_Task, Problem]]:
+    shipped = {spec.solver: portable_backend(spec.solver) for spec in study.solvers}
     tasks = []
     for inst in study.instances:
         for damping in study.dampings:
@@ -201,20 +234,31 @@ def _tasks(study: Study, registry_exact: Mapping[str, bool]) -> list[tuple[_Task
                             for seed in study.seeds:
                                 task = _Task(len(tasks), inst.name, inst.family, float(sparsity), kind,
                                              base.damping, spec, registry_exact[spec.solver], int(seed),
-                                             spec.limit(time_limit), study.measure_memory)
+                                             spec.limit(time_limit), study.measure_memory,
+                                             shipped[spec.solver])
                                 tasks.append((task, prob))
     return tasks
 
 
+def _network_record(net: NetworkStudy, spec: SolverSpec, sparsity: float, seed: int) -> NetworkRecord:
+    return NetworkRecord(network=net.name, solver=spec.name, backend=spec.solver, engine=spec.engine,
+                         sparsity=float(sparsity), seed=int(seed), metric=net.metric, value=None,
+                         dense_value=None, total_objective=None, n_blocks=0, statuses="", seconds=None)
+
+
 def _network_run(net: NetworkStudy, spec: SolverSpec, sparsity: float, seed: int,
-                 exact: bool) -> tuple[NetworkRecord, list[Record]]:
+                 exact: bool, backend=None) -> tuple[NetworkRecord, list[Record]]:
     """Worker: prune the whole network once, evaluate it, and keep one record per block."""
     from ..prune import prune
 
+    rec = _network_record(net, spec, sparsity, seed)
+    try:
+        ensure_backend(backend)
+    except Exception as exc:
+        rec.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        rec.valid, rec.flags = False, "error"
+        return rec, []
     model = net.make_model()
-    rec = NetworkRecord(network=net.name, solver=spec.name, backend=spec.solver, engine=spec.engine,
-                        sparsity=float(sparsity), seed=int(seed), metric=net.metric, value=None,
-                        dense_value=None, total_objective=None, n_blocks=0, statuses="", seconds=None)
     rec.dense_value = float(net.evaluate(model))
     start = time.perf_counter()
     try:
@@ -261,6 +305,11 @@ class StudyResult:
     def errors(self) -> list[Record | NetworkRecord]:
         """Runs whose backend raised (also counted as failures of the study)."""
         return [r for r in (*self.records, *self.network) if r.error]
+
+    @property
+    def failed_checks(self) -> list[ValidationFailure]:
+        """The failed cross-checks alone (``failures`` also lists every failed run, as check ``"error"``)."""
+        return [f for f in self.failures if f.check != "error"]
 
     @property
     def ok(self) -> bool:
@@ -313,15 +362,17 @@ def _clean_floats(records: Iterable[Record]) -> None:
 
 
 def run_study(study: Study, *, executor: Executor | Any | None = None, jobs: int | None = None,
-              progress: bool = False, threads: int | None = 1) -> StudyResult:
+              progress: bool = False, threads: int | None = 1, scheduler: str | None = None) -> StudyResult:
     """Run every cell of ``study`` and cross-check the results → :class:`StudyResult`.
 
     ``executor``: anything with ``submit(fn, *args)`` returning a future with ``result()``
-    (``ProcessPoolExecutor``, ``ThreadPoolExecutor``, a Dask ``Client``). Without one, ``jobs``
-    worker processes are used (default: the CPU count); ``jobs=1`` runs in this process.
-    Backends registered at run time reach process-pool workers only with the ``fork`` start
-    method (Linux); use ``jobs=1`` or a thread pool for those. ``threads``: BLAS/torch threads per
-    run in the default pool or in this process (``None``: leave the libraries' defaults).
+    (``ProcessPoolExecutor``, ``ThreadPoolExecutor``, a Dask ``Client``). ``scheduler``: the address of
+    a Dask scheduler to connect to instead (see :func:`cbs_opt.executors.resolve_executor`). Without
+    either, ``jobs`` worker processes are used (default: the CPU count); ``jobs=1`` runs in this process.
+    Backends registered at run time travel with each task (:mod:`cbs_opt.executors`: by reference
+    through a process pool, by value through Dask); one that cannot reach a worker gives error records,
+    listed in ``result.failures``. ``threads``: BLAS/torch threads per run in the default pool or in
+    this process (``None``: leave the libraries' defaults).
     """
     from solvers import backends
 
@@ -339,11 +390,16 @@ def run_study(study: Study, *, executor: Executor | Any | None = None, jobs: int
         net_cells = [(spec, s, seed) for spec in net.solvers for s in net.sparsities for seed in net.seeds]
 
     own_pool, inline = None, False
-    if executor is None:
+    if scheduler is not None:
+        if executor is not None:
+            raise ValueError("give executor or scheduler, not both")
+        executor, _ = resolve_executor(scheduler=scheduler)
+        own_pool = executor
+    elif executor is None:
         n_work = len(tasks) + len(net_cells)
         jobs = jobs if jobs is not None else (os.cpu_count() or 1)
         if jobs == 1 or n_work <= 1:
-            executor, inline = _InlineExecutor(), True
+            executor, inline = InlineExecutor(), True
         else:
             executor = own_pool = ProcessPoolExecutor(max_workers=min(jobs, n_work), initializer=_init_worker,
                                                       initargs=(threads,))
@@ -356,16 +412,35 @@ def run_study(study: Study, *, executor: Executor | Any | None = None, jobs: int
     try:
         with _thread_limits(threads) if inline else contextlib.nullcontext():
             # Network cells are the long ones: submit them first so they overlap the many small runs.
-            net_futures = [executor.submit(_network_run, study.network, spec, s, seed, exact[spec.solver])
-                           for spec, s, seed in net_cells]
-            futures = [executor.submit(_execute, task, prob) for task, prob in tasks]
-            net_results = _gather(net_futures, bar)
-            records = _gather(futures, bar)
+            net_futures = [_submit(executor, _network_run, study.network, spec, s, seed, exact[spec.solver],
+                                   portable_backend(spec.solver)) for spec, s, seed in net_cells]
+            # a process pool pickles by reference: a backend it cannot send is reported, not submitted
+            stuck = _unshippable(study) if isinstance(executor, ProcessPoolExecutor) else {}
+            futures = [InlineExecutor().submit(_refuse, task, stuck[task.spec.solver]) if task.spec.solver in stuck
+                       else _submit(executor, _execute, task, prob) for task, prob in tasks]
+
+            def net_error(i: int, exc: BaseException):
+                spec, s, seed = net_cells[i]
+                rec = _network_record(study.network, spec, s, seed)
+                rec.error, rec.valid, rec.flags = _error_text(exc), False, "error"
+                return rec, []
+
+            def task_error(i: int, exc: BaseException) -> Record:
+                task, prob = tasks[i]
+                rec = _task_record(task, prob)
+                rec.error, rec.valid, rec.flags = _error_text(exc), False, "error"
+                return rec
+
+            net_results = _gather(net_futures, bar, net_error)
+            records = _gather(futures, bar, task_error)
     finally:
         if bar is not None:
             bar.close()
         if own_pool is not None:
-            own_pool.shutdown(cancel_futures=True)
+            if is_dask_client(own_pool):
+                own_pool.close()
+            else:
+                own_pool.shutdown(cancel_futures=True)
     elapsed = time.perf_counter() - start
 
     network = [r for r, _ in net_results]
@@ -375,13 +450,18 @@ def run_study(study: Study, *, executor: Executor | Any | None = None, jobs: int
     failures = validate(records, study.tolerances)
     block_failures = validate(network_blocks, study.tolerances)
     failures += block_failures
+    # A run that raised is a failure of the study too: listed once, with its error line.
+    failures += [ValidationFailure("error", r.instance, r.m, r.objective_kind, r.solver, r.seed, r.error)
+                 for r in (*records, *network_blocks) if r.error]
+    failures += [ValidationFailure("error", f"{r.network} (network)", -1, "", r.solver, r.seed, r.error)
+                 for r in network if r.error]
     bad = {(f.instance, f.solver) for f in block_failures}
     for r in network:  # a network assembled from a failing block fails too
         if any(inst.startswith(f"{r.network}/") and solver == r.solver for inst, solver in bad):
             r.valid = False
             r.flags = ";".join(filter(None, [r.flags, "block_validation"]))
     meta = {"title": study.title, "description": study.description, "runs": len(records), "network_runs": len(network),
-            "seconds": elapsed, "jobs": jobs if own_pool is not None else None,
+            "seconds": elapsed, "jobs": jobs if own_pool is not None and scheduler is None else None,
             "executor": type(executor).__name__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "sparsities": list(study.sparsities), "objectives": list(study.objectives),
             "dampings": list(study.dampings), "time_limits": list(study.time_limits),
