@@ -10,8 +10,17 @@ for "selection"). Prints a Markdown table: seconds (or the gap left at the limit
     python benchmarks/miqp_capacity.py --time-limit 60 --sizes 20 30 40
     python benchmarks/miqp_capacity.py --engines highs highs:best_first highs:leaps --no-real
     python benchmarks/miqp_capacity.py --objective selection --engines highs highs:best_first highs:milp gurobi
+    python benchmarks/miqp_capacity.py --grid --dampings 1e-3 1e-4 1e-5 --time-limit 60     # issue 14's grid
+    python benchmarks/miqp_capacity.py --grid --blocks "fc2 rows 0-1" --dampings 1e-3 --engines highs
+    python benchmarks/miqp_capacity.py --grid --pattern 2:4 --engines highs gurobi           # N:M budgets
 
 ``miqp/highs`` is the default ``search="auto"`` (leaps-and-bounds or best-first by the measured rule).
+
+``--grid`` (issue 14): real MLPNet blocks only — fc3 row 0 (p = 20), fc2 row 0 (p = 40), fc2 rows 0–1
+(p = 80), fc1 row 0 chunks of 64 / 96 / 128 weights from column 392 — at every damping of ``--dampings``
+and every sparsity, then a summary: per damping and engine the largest p proven at every sparsity, and the
+gap left where nothing proves. ``--blocks`` picks blocks by name; ``--pattern N:M`` solves N:M budgets
+instead of a total sparsity.
 """
 from __future__ import annotations
 
@@ -52,6 +61,28 @@ def real_blocks(data: str | None, n_samples: int, damping: float, quick: bool):
     return [(name, w[idx], G[:, idx]) for name, idx in blocks]
 
 
+GRID_BLOCKS = {  # name → flat indices in MLPNet's weight vector (fc1 40×784, fc2 20×40, fc3 10×20)
+    "fc3 row 0": np.arange(784 * 40 + 800, 784 * 40 + 820),
+    "fc2 row 0": np.arange(784 * 40, 784 * 40 + 40),
+    "fc2 rows 0-1": np.arange(784 * 40, 784 * 40 + 80),
+    "fc1 row 0, cols 392-455": np.arange(392, 456),
+    "fc1 row 0, cols 392-487": np.arange(392, 488),
+    "fc1 row 0, cols 392-519": np.arange(392, 520),
+}
+
+
+def grid_blocks(data: str | None, n_samples: int, names: list[str] | None):
+    """(name, weights, grads) for the issue-14 grid (or the ``names`` picked from it)."""
+    import mlpnet_common as mc
+    unknown = sorted(set(names or ()) - set(GRID_BLOCKS))
+    if unknown:
+        raise SystemExit(f"unknown block(s) {unknown}; choose from {sorted(GRID_BLOCKS)}")
+    model = mc.load_mlpnet(data)
+    w = mc.flat_weights(model)
+    G = mc.mlpnet_gradients(n_samples, 0, data)
+    return [(name, w[idx], G[:, idx]) for name, idx in GRID_BLOCKS.items() if not names or name in names]
+
+
 def run(prob: Problem, engine: str, time_limit: float):
     """One solve; ``engine`` is an engine name, or ``highs:<search>`` to force the highs engine's search."""
     engine, _, search = engine.partition(":")
@@ -60,12 +91,54 @@ def run(prob: Problem, engine: str, time_limit: float):
     try:
         sol = solve(prob, "miqp", engine=engine, time_limit=time_limit, **options)
     except Exception as exc:  # an engine refusing (licence size) is a result, not a crash
-        return {"text": f"error: {type(exc).__name__}", "obj": None}
+        return {"text": f"error: {type(exc).__name__}", "obj": None, "proven": False, "gap": None}
     secs = time.perf_counter() - t
     if sol.status == "optimal":
-        return {"text": f"{secs:.2f} s", "obj": sol.objective}
+        return {"text": f"{secs:.2f} s", "obj": sol.objective, "proven": True, "gap": 0.0}
     gap = sol.gap if sol.gap is not None else float("nan")
-    return {"text": f"limit, gap {100 * gap:.1f}%", "obj": sol.objective}
+    return {"text": f"limit, gap {100 * gap:.1f}%", "obj": sol.objective, "proven": False, "gap": gap}
+
+
+def grid(args, limit: float) -> None:
+    """The issue-14 grid: real blocks × dampings × sparsities (or an N:M pattern), engines side by side."""
+    blocks = grid_blocks(args.data, 1000, args.blocks)
+    budgets = [("pattern", args.pattern)] if args.pattern else [("sparsity", s) for s in args.sparsities]
+    print(f"time to proven optimality, {args.objective!r} objective, limit {limit:g} s, one thread each, "
+          f"MLPNet blocks, N = 1000\n")
+    print("| block | p | damping | budget | " + " | ".join(f"miqp/{e}" for e in args.engines) + " | same optimum |")
+    print("|" + "---|" * (len(args.engines) + 5))
+    results = []   # (name, p, damping, budget, {engine: result})
+    for damping in args.dampings:
+        for name, w, G in blocks:
+            for kind, value in budgets:
+                prob = Problem(w, G, damping=damping, objective=args.objective, **{kind: value})
+                res = {e: run(prob, e, limit) for e in args.engines}
+                objs = [r["obj"] for r in res.values() if r["obj"] is not None]
+                same = "yes" if objs and max(objs) - min(objs) <= 1e-6 * max(abs(min(objs)), 1e-12) else "no"
+                print(f"| {name} | {w.size} | {damping:g} | {value} | "
+                      + " | ".join(r["text"] for r in res.values()) + f" | {same} |", flush=True)
+                results.append((name, w.size, damping, value, res))
+    print("\nlargest p proven at every budget of the run, per damping and engine:\n")
+    print("| damping | " + " | ".join(args.engines) + " |")
+    print("|" + "---|" * (len(args.engines) + 1))
+    for damping in args.dampings:
+        cells = []
+        for e in args.engines:
+            proven = {}
+            for name, p, d, _, res in results:
+                if d == damping:
+                    proven[(name, p)] = proven.get((name, p), True) and res[e]["proven"]
+            ps = [p for (name, p), ok in proven.items() if ok]
+            cells.append(str(max(ps)) if ps else "none")
+        print(f"| {damping:g} | " + " | ".join(cells) + " |")
+    open_rows = [(name, p, d, v, res) for name, p, d, v, res in results
+                 if not any(r["proven"] for r in res.values())]
+    if open_rows:
+        print("\nwhere nothing proves, the gap each engine leaves:\n")
+        for name, p, d, v, res in open_rows:
+            gaps = ", ".join(f"{e} {100 * r['gap']:.1f}%" if r["gap"] is not None else f"{e} error"
+                             for e, r in res.items())
+            print(f"* {name} (p={p}), damping {d:g}, {v}: {gaps}")
 
 
 def main(argv=None):
@@ -80,8 +153,15 @@ def main(argv=None):
     ap.add_argument("--data", default=None, help="reference data folder (default $CBS_OPT_DATA or ../shared/data)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--objective", choices=["update", "selection"], default="update")
+    ap.add_argument("--grid", action="store_true", help="issue 14's grid of real blocks (see the module doc)")
+    ap.add_argument("--dampings", type=float, nargs="+", default=[1e-3], help="--grid: dampings")
+    ap.add_argument("--blocks", nargs="+", default=None, help=f"--grid: block names, from {sorted(GRID_BLOCKS)}")
+    ap.add_argument("--pattern", default=None, help="--grid: an N:M budget (e.g. 2:4) instead of sparsities")
     args = ap.parse_args(argv)
     limit = args.time_limit or (20.0 if args.quick else 60.0)
+    if args.grid:
+        grid(args, limit)
+        return
     sizes = args.sizes or ([20, 30, 40] if args.quick else [20, 30, 40, 50])
 
     rows = []

@@ -19,6 +19,13 @@ Furnival & Wilson's *leaps and bounds* for best-subset regression, used here in 
 * Candidates are ordered by their single gain ``c'_j² / S_jj`` (largest first): the suffixes then hold the
   least useful weights, their bounds are small, and the good subtrees come first.
 * Nodes with two weights left evaluate every pair in closed form (vectorised); one left, every single.
+* Partition budgets (``groups=(ids, keep_counts)``, exact keep counts per group — N:M, per-row): a node
+  also carries the keeps each group still ``need`` s. Candidates of groups that need nothing more are
+  dropped (the Schur complement restricted to the rest is its submatrix), a child is created only if the
+  suffix after it still holds enough candidates of every group — once that fails it fails for every later
+  child too (the suffixes shrink), which ends the loop — and the two-left level keeps only pairs the
+  counts allow. The suffix bound needs nothing new: every keep-set of the subtree still lies inside
+  ``K ∪ {u_t … u_n}``, extra constraints only remove sets.
 
 This is exact (no relaxation is involved) and strongest when the kept set is small relative to the rank
 of ``F`` — high sparsity, or low-rank blocks with ``k < N`` where the perspective bounds of
@@ -33,13 +40,15 @@ import numpy as np
 from scipy.linalg.lapack import dpotrf as _potrf, dtrtrs as _trtrs
 
 from .base import Deadline
+from .exact_core import note_interrupt
 
 __all__ = ["leaps_search", "LeapsResult", "NumericalFailure"]
 
 # Rounding allowance (relative to the largest possible gain w̃ᵀF w̃): a subtree is pruned only when its
 # bound is below the incumbent by at least this much minus the optimality tolerance.
 NUMERICAL_ALLOWANCE = 1e-12
-_CHECK_EVERY = 256          # nodes between deadline checks / progress updates
+_CHECK_EVERY = 256          # nodes between progress updates (the clock is read at every node: a node at
+                            # p = 400 costs ~10 ms, so counting nodes between reads broke time limits)
 
 
 class NumericalFailure(ArithmeticError):
@@ -59,16 +68,18 @@ class LeapsResult:
 class _Search:
     """State of one depth-first search (incumbent, bounds of pruned / unexplored subtrees, counters)."""
 
-    def __init__(self, p, total, best_keep, best_gain, deadline, node_limit, rel_gap, abs_gap, bar):
+    def __init__(self, p, total, best_keep, best_gain, deadline, node_limit, rel_gap, abs_gap, bar, ids=None):
         self.p, self.total = p, total
         self.best_keep, self.best_gain = best_keep, best_gain
         self.deadline, self.node_limit, self.bar = deadline, node_limit, bar
         self.rel_gap, self.abs_gap = rel_gap, abs_gap
+        self.ids = ids
         self.allowance = NUMERICAL_ALLOWANCE * max(total, 0.0)
         self.pruned_max = -np.inf      # largest gain bound of a pruned subtree
         self.open_max = -np.inf        # largest gain bound of a subtree left unexplored at a stop
         self.nodes = 0
         self.stopped = False
+        self.interrupted = False
         self._pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._refresh_threshold()
 
@@ -90,14 +101,11 @@ class _Search:
 
     def tick(self) -> None:
         self.nodes += 1
-        if self.nodes % _CHECK_EVERY == 0:
-            if self.deadline.expired() or (self.node_limit is not None and self.nodes >= self.node_limit):
-                self.stopped = True
-            if self.bar is not None:
-                self.bar.update(_CHECK_EVERY)
-                self.bar.set_postfix(best=f"{0.5 * (self.total - self.best_gain):.6g}", refresh=False)
-        elif self.node_limit is not None and self.nodes >= self.node_limit:
+        if self.deadline.expired() or (self.node_limit is not None and self.nodes >= self.node_limit):
             self.stopped = True
+        if self.bar is not None and self.nodes % _CHECK_EVERY == 0:
+            self.bar.update(_CHECK_EVERY)
+            self.bar.set_postfix(best=f"{0.5 * (self.total - self.best_gain):.6g}", refresh=False)
 
     def pairs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n not in self._pairs:
@@ -117,8 +125,12 @@ def _suffix_gains(S: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndarray, b: int,
-            kept: list) -> None:
-    """Search the subtree "keep ``kept``, add ``b`` of ``idx``" (module doc); ``S``, ``c`` are conditioned on kept."""
+            kept: list, need: np.ndarray | None = None) -> None:
+    """Search the subtree "keep ``kept``, add ``b`` of ``idx``" (module doc); ``S``, ``c`` are conditioned on kept.
+
+    ``need``: with groups, the keeps each group still needs (``b = need.sum()``); every candidate in ``idx``
+    belongs to a group that needs at least one more.
+    """
     st.tick()
     n = c.size
     d = S.diagonal()
@@ -131,6 +143,12 @@ def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndar
         return
     if b == 2:
         a, e = st.pairs(n)
+        if need is not None:   # a pair inside one group only if that group needs two
+            gi = st.ids[idx]
+            ok = (gi[a] != gi[e]) | (need[gi[a]] >= 2)
+            a, e = a[ok], e[ok]
+            if a.size == 0:
+                return
         ca, ce, sae = c[a], c[e], S[a, e]
         pair = (ca * ca * d[e] - 2.0 * ca * ce * sae + ce * ce * d[a]) / (d[a] * d[e] - sae * sae)
         j = int(np.argmax(pair))
@@ -139,6 +157,12 @@ def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndar
     order = np.argsort(-(c * c / d), kind="stable")
     S, c, idx = S[order][:, order], c[order], idx[order]
     bounds = gain + _suffix_gains(S, c)
+    if need is not None:
+        gi = st.ids[idx]
+        # after[t, g]: candidates of group g strictly after position t.
+        onehot = np.zeros((n + 1, need.size), dtype=np.intp)
+        onehot[np.arange(n), gi] = 1
+        after = np.cumsum(onehot[::-1], axis=0)[::-1][1:]
     for t in range(n - b + 1):
         ub = float(bounds[t])
         if ub <= st.threshold:
@@ -148,31 +172,70 @@ def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndar
         if st.stopped:
             st.open_max = max(st.open_max, ub)
             return
+        child_need = None
+        if need is not None:
+            child_need = need.copy()
+            child_need[gi[t]] -= 1
+            if np.any(child_need > after[t]):
+                return     # the suffix cannot fill every group: neither can any later (shorter) one
         piv = S[t, t]
         col = S[t + 1:, t]
         S_child = S[t + 1:, t + 1:] - col[:, None] * (col / piv)[None, :]
         c_child = c[t + 1:] - col * (c[t] / piv)
-        _expand(st, gain + float(c[t] * c[t] / piv), S_child, c_child, idx[t + 1:], b - 1, kept + [int(idx[t])])
+        idx_child = idx[t + 1:]
+        if child_need is not None and child_need[gi[t]] == 0:   # that group is full: drop its candidates
+            rest = gi[t + 1:] != gi[t]
+            S_child, c_child, idx_child = S_child[np.ix_(rest, rest)], c_child[rest], idx_child[rest]
+        try:
+            _expand(st, gain + float(c[t] * c[t] / piv), S_child, c_child, idx_child, b - 1,
+                    kept + [int(idx[t])], child_need)
+        except KeyboardInterrupt:
+            # Ctrl-C inside the child: its subtree is unexplored (bounded by ub); stop everywhere.
+            st.interrupted = st.stopped = True
+            note_interrupt(st.deadline)
+            st.open_max = max(st.open_max, ub)
 
 
 def leaps_search(F: np.ndarray, w: np.ndarray, k: int, *, incumbent: np.ndarray | None = None,
                  deadline: Deadline | None = None, node_limit: int | None = None, rel_gap: float = 1e-9,
-                 abs_gap: float = 0.0, progress: bool = False) -> LeapsResult:
+                 abs_gap: float = 0.0, progress: bool = False, groups=None) -> LeapsResult:
     """Maximise ``gain(S)`` over ``|S| = k`` (module doc) for a positive definite ``F`` and Newton point ``w``.
 
     ``incumbent``: an optional bool keep-vector to start from (prunes from the first node).
+    ``groups``: ``(ids, keep_counts)`` — keep exactly ``keep_counts[g]`` weights of group ``g`` (then
+    ``k = keep_counts.sum()``); ``None``: a total budget.
     Costs are reported without the problem's offset: ``½wᵀFw − ½gain``. Raises :class:`NumericalFailure` when
-    a Schur complement is not numerically positive definite.
+    a Schur complement is not numerically positive definite. ``deadline`` is read at every node; a
+    ``KeyboardInterrupt`` stops the search with the incumbent and an honest bound (``info["interrupted"]``).
     """
     F = np.ascontiguousarray(F, dtype=float)
     w = np.asarray(w, dtype=float)
     p = w.size
     if not 1 <= k <= p:
         raise ValueError(f"k must be in [1, {p}], got {k}")
+    ids = need = None
+    idx0 = np.arange(p)
+    if groups is not None:
+        ids = np.asarray(groups[0], dtype=np.intp)
+        need = np.asarray(groups[1], dtype=np.intp).copy()
+        if ids.shape != (p,) or int(need.sum()) != k or np.any(need < 0) \
+                or np.any(need > np.bincount(ids, minlength=need.size)):
+            raise ValueError("groups must be (ids of shape (p,), keep counts summing to k, each within its group)")
+        idx0 = np.flatnonzero(need[ids] > 0)      # groups that keep nothing are decided already
     deadline = deadline if deadline is not None else Deadline(None)
     c = F @ w
     total = float(w @ c)
     best_keep, best_gain = None, -np.inf
+    if incumbent is None:
+        # A start from the best single gains (per group): a stopped search always has a keep-set to return.
+        score = c * c / np.diag(F)
+        incumbent = np.zeros(p, dtype=bool)
+        if ids is None:
+            incumbent[np.argsort(-score, kind="stable")[:k]] = True
+        else:
+            for g in np.flatnonzero(need > 0):
+                members = np.flatnonzero(ids == g)
+                incumbent[members[np.argsort(-score[members], kind="stable")[:need[g]]]] = True
     if incumbent is not None:
         kk = np.flatnonzero(incumbent)
         L, info = _potrf(F[np.ix_(kk, kk)], lower=1)
@@ -183,15 +246,22 @@ def leaps_search(F: np.ndarray, w: np.ndarray, k: int, *, incumbent: np.ndarray 
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(desc="miqp leaps-and-bounds", unit="node")
-    st = _Search(p, total, best_keep, best_gain, deadline, node_limit, rel_gap, abs_gap, bar)
+    st = _Search(p, total, best_keep, best_gain, deadline, node_limit, rel_gap, abs_gap, bar, ids)
     try:
-        _expand(st, 0.0, F, c, np.arange(p), k, [])
+        _expand(st, 0.0, F[np.ix_(idx0, idx0)], c[idx0], idx0, k, [], need)
+    except KeyboardInterrupt:
+        # Ctrl-C before the root's children ran: the root is unexplored; total gain bounds every subset.
+        st.interrupted = st.stopped = True
+        note_interrupt(deadline)
+        st.open_max = max(st.open_max, total)
     finally:
         if bar is not None:
             bar.close()
+    if st.best_keep is None:      # stopped before any leaf and no incumbent: nothing to return
+        raise NumericalFailure("leaps search stopped before finding a keep-set")
     best_bound_gain = max(st.best_gain, st.pruned_max, st.open_max)
     value = 0.5 * (total - st.best_gain)
     bound = min(value, 0.5 * (total - best_bound_gain))
     # Stopping only matters if it left a subtree unexplored (a stop at the very last node proves optimality).
     return LeapsResult(st.best_keep, value, bound, optimal=st.open_max == -np.inf, nodes=st.nodes,
-                       info={"search": "leaps"})
+                       info={"search": "leaps", "interrupted": st.interrupted})

@@ -18,6 +18,8 @@ subtree only (they live in the node's coordinates), so they are used for that no
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
@@ -52,9 +54,21 @@ class NodeReducer:
         self.F = np.ascontiguousarray(F, dtype=float)
         self.w = np.asarray(w, dtype=float)
         self.p = self.w.size
+        self.seconds = 0.0      # wall time of the latest reduce() (two eigendecompositions, not interruptible)
+
+    def affordable(self, deadline) -> bool:
+        """Whether a reduce() like the latest one fits in the time ``deadline`` has left."""
+        return deadline is None or deadline.seconds is None or deadline.remaining() > 1.5 * self.seconds
 
     def reduce(self, kept: np.ndarray, pruned: np.ndarray, free: np.ndarray) -> NodeProblem | None:
         """The node's reduced problem, or ``None`` when a factorisation fails (caller falls back)."""
+        start = time.perf_counter()
+        try:
+            return self._reduce(kept, pruned, free)
+        finally:
+            self.seconds = time.perf_counter() - start
+
+    def _reduce(self, kept: np.ndarray, pruned: np.ndarray, free: np.ndarray) -> NodeProblem | None:
         F, w = self.F, self.w
         alive = np.concatenate([kept, free])
         FRR = F[np.ix_(alive, alive)]

@@ -31,7 +31,7 @@ the time, at most ``LEAPS_PROBE_NODES`` nodes — before best-first takes over f
   It is the stronger search on low-rank blocks that keep at least ``N`` weights (the cost is then
   λ-sized and the perspective bounds carry it), and the only one for singular, undamped ``F``.
 * ``search="milp"`` ("selection" only) — HiGHS's branch-and-cut on the exact MILP linearisation of the
-  binary QP (:mod:`solvers.selection_milp`), started from the incumbent. For "selection" on low-rank blocks
+  binary QP (:mod:`solvers.kernels.selection_milp`), started from the incumbent. For "selection" on low-rank blocks
   (N < p), ``"auto"`` runs a best-first probe of ``SELECTION_PROBE_NODES`` nodes (it settles most of them in
   well under a second) and hands what is still open to HiGHS, keeping the larger of the two proven bounds;
   full-rank blocks (real MLPNet rows, N > p) stay best-first, which measured 3–100x faster there.
@@ -42,10 +42,15 @@ backend's QP and, on request, the best-first root): ``engine="highs"`` stands fo
 MIQP solver needed".
 
 Status "optimal" only when ``best − bound ≤ max(abs_gap, rel_gap·|best|)``; on ``time_limit`` the best
-incumbent is returned with the proven bound and status "time_limit". With ``damping = 0`` and a singular
+incumbent is returned with the proven bound and status "time_limit" — every phase reads the clock (the
+first swap search gets ``INCUMBENT_SHARE`` of it, the root has a bound before any node, uninterruptible
+factorisations are skipped when they would not fit), met within max(10%, 0.5 s) with one BLAS thread.
+Ctrl-C returns the incumbent and the bound with status "interrupted"; blocks whose arrays cannot fit raise
+``MemoryLimitError`` before any work. Partition budgets (N:M, per-row) are handled by both searches and
+the selection MILP (per-group counts in every bound, branch and rounding). With ``damping = 0`` and a singular
 ``F`` the update objective has no perspective split and the search uses the monotone bound only.
 
-``engine="gurobi" | "scip"`` — the same problem as the Pyomo model of :mod:`solvers.pyomo_model`
+``engine="gurobi" | "scip"`` — the same problem as the Pyomo model of :mod:`solvers.kernels.pyomo_model`
 (``formulation=`` picks it), solved through Pyomo's interfaces on one thread.
 
 ``build_model`` / ``export_model`` are re-exported here: ``solvers.miqp.export_model(prob, "cbs.lp")``.
@@ -55,9 +60,9 @@ from __future__ import annotations
 import numpy as np
 
 from .base import BackendResult, Deadline, Status
-from .exact_bnb import CutPool, branch_and_bound, initial_incumbent
-from .exact_core import make_oracle
-from .pyomo_model import ENGINES, build_model, export_model, solve_with_engine
+from .exact_bnb import CutPool, branch_and_bound, initial_incumbent, top_keep
+from .exact_core import Clock, check_memory, group_spec, make_oracle, oracle_bytes
+from .kernels.pyomo_model import ENGINES, build_model, export_model, solve_with_engine
 from .registry import register
 
 __all__ = ["solve_miqp", "build_model", "export_model", "ENGINES"]
@@ -72,6 +77,8 @@ LEAPS_PROBE_SHARE = 0.25
 LEAPS_PROBE_NODES = 100_000
 # Best-first nodes tried on a "selection" problem before HiGHS takes over on the MILP linearisation.
 SELECTION_PROBE_NODES = 2000
+# Share of the time limit the swap search for the first incumbent may use (the rest is for the proof).
+INCUMBENT_SHARE = 0.3
 
 
 class _MonotoneOracle:
@@ -118,26 +125,38 @@ def _leaps_applies(problem, monotone: bool) -> bool:
     return not (curv.is_low_rank and curv.n_samples < problem.p and problem.n_keep >= curv.n_samples)
 
 
-def _run_leaps(problem, oracle, z0, *, deadline, rel_gap, abs_gap, node_limit, progress):
+def _run_leaps(problem, oracle, z0, *, deadline, rel_gap, abs_gap, node_limit, progress, groups=None):
     """Leaps-and-bounds on the problem's dense ``F``; ``None`` when a factorisation fails numerically."""
     from .exact_leaps import NumericalFailure, leaps_search
     try:
         return leaps_search(problem.curvature.dense(), problem.effective_weights, problem.n_keep, incumbent=z0,
                             deadline=deadline, node_limit=node_limit, rel_gap=rel_gap, abs_gap=abs_gap,
-                            progress=progress)
+                            progress=progress, groups=groups)
     except NumericalFailure:
         return None
+
+
+def check_miqp_memory(problem) -> None:
+    """Refuse (:class:`~solvers.errors.MemoryLimitError`) sizes whose arrays cannot fit, before any work.
+
+    The estimate is the oracle's arrays (low-rank ``N × p`` products, or dense ``p × p`` matrices when the
+    curvature is dense, full rank or the cost is "selection") plus the capped cut pool.
+    """
+    oracle, detail = oracle_bytes(problem)
+    from .exact_bnb import POOL_BYTES
+    check_memory(f"miqp on a block of p = {problem.p} weights", oracle + POOL_BYTES, detail)
 
 
 def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float, node_limit: int | None,
                  root_relaxation: bool, node_shift: bool, search: str) -> BackendResult:
     p, k = problem.p, problem.n_keep
+    groups = group_spec(problem)
     if k in (0, p):
         pruned = np.arange(p) if k == 0 else np.zeros(0, dtype=np.intp)
         value = problem.objective(pruned)
         return BackendResult(pruned=pruned, status=Status.OPTIMAL, bound=value, objective=value,
                              info={"engine": "highs", "search": "closed form", "nodes": 0})
-    oracle = make_oracle(problem)
+    oracle = make_oracle(problem, deadline)
     monotone = oracle is None
     if monotone:
         oracle = _MonotoneOracle(problem)
@@ -147,9 +166,14 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
     if search == "milp" and problem.objective_kind != "selection":
         raise ValueError('search="milp" (the exact MILP linearisation on HiGHS) exists only for '
                          'objective="selection"')
-    z0, v0 = initial_incumbent(problem, oracle, _scores(problem))
+    share = None if deadline.seconds is None else INCUMBENT_SHARE * deadline.seconds
+    z0, v0, b0 = initial_incumbent(problem, oracle, _scores(problem), deadline=deadline.share(share),
+                                   groups=groups, with_bound=True)
     # Absolute tolerance: a tiny fraction of the cost of pruning everything (a natural scale of the instance).
-    scale = abs(oracle.cut(np.zeros(p))[0]) + abs(v0)
+    # (½w̃ᵀFw̃ for the update cost: O(Np), unlike a cut.)
+    prune_all = (0.5 * problem.curvature.quad(problem.effective_weights) if problem.objective_kind == "update"
+                 else oracle.cut(np.zeros(p))[0])
+    scale = abs(prune_all) + abs(v0)
     abs_gap = 1e-13 * scale
     use_leaps = search == "leaps" or (search == "auto" and _leaps_applies(problem, monotone))
     # Above LEAPS_FULL_P weights "auto" only probes with leaps (a quarter of the time, at most
@@ -160,12 +184,13 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
     if use_leaps:
         leaps_deadline = deadline
         if probe and deadline.seconds is not None:
-            leaps_deadline = Deadline(max(0.0, deadline.remaining()) * LEAPS_PROBE_SHARE)
+            leaps_deadline = deadline.share(max(0.0, deadline.remaining()) * LEAPS_PROBE_SHARE)
         result = _run_leaps(problem, oracle, z0, deadline=leaps_deadline, rel_gap=rel_gap, abs_gap=abs_gap,
-                            node_limit=LEAPS_PROBE_NODES if probe else node_limit, progress=progress)
-        if result is not None and probe and not result.optimal:
+                            node_limit=LEAPS_PROBE_NODES if probe else node_limit, progress=progress,
+                            groups=groups)
+        if result is not None and probe and not result.optimal and not deadline.interrupted:
             leaps_nodes = result.nodes
-            value = oracle.cut(result.keep.astype(float))[0]
+            value = result.value      # the same units as the oracle's (cost without the offset)
             if value < v0:
                 z0, v0 = result.keep, value
             result = None      # continue best-first below
@@ -178,16 +203,20 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
             return BackendResult(pruned=pruned, status=status, bound=bound, objective=objective,
                                  info={"engine": "highs", "search": "leaps", "nodes": result.nodes,
                                        "bound_kind": "monotone suffix"})
-    pool = CutPool(p)
-    if root_relaxation and not monotone:
+    pool = CutPool(p, ids=None if groups is None else groups[0])
+    if root_relaxation and not monotone and not deadline.expired():
         from .relaxation import relaxation_point
-        zr = relaxation_point(problem, oracle, Deadline(max(0.0, deadline.remaining()) / 4))
+        try:
+            zr = relaxation_point(problem, oracle, deadline.share(max(0.0, deadline.remaining()) / 4))
+        except KeyboardInterrupt:   # keep the incumbent: the search below sees the flag and stops at once
+            deadline.interrupt()
+            zr = top_keep(np.abs(oracle.w) if hasattr(oracle, "w") else np.ones(p), k, groups).astype(float)
         pool.add(*oracle.cut(zr), zr)
-        keep = np.zeros(p, dtype=bool)
-        keep[np.argsort(-zr, kind="stable")[:k]] = True
+        keep = top_keep(zr, k, groups)
         from .exact_core import local_search
         cost = lambda zz: oracle.cut(zz.astype(float))[0]  # noqa: E731
-        keep, value, _ = local_search(cost, keep, max_evals=500)
+        keep, value, _ = local_search(cost, keep, max_evals=500, deadline=deadline,
+                                      ids=None if groups is None else groups[0])
         if value < v0:
             z0, v0 = keep, value
     selection = problem.objective_kind == "selection"
@@ -208,14 +237,20 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
     result = branch_and_bound(problem, oracle, z0, v0, deadline=deadline, rel_gap=rel_gap,
                               abs_gap=abs_gap, progress=progress,
                               node_limit=SELECTION_PROBE_NODES if portfolio else node_limit, pool=pool,
-                              tangents=not monotone, reducer=reducer)
+                              tangents=not monotone, reducer=reducer, groups=groups, root_key=b0)
     pruned = np.flatnonzero(~result.keep)
     if portfolio and not result.optimal and not deadline.expired():
         return _run_selection_milp(problem, pruned, result.bound + oracle.offset, deadline=deadline,
                                    rel_gap=rel_gap, progress=progress, probe_nodes=result.nodes)
     nodes = result.nodes + leaps_nodes
+    objective, bound = result.value + oracle.offset, result.bound + oracle.offset
+    if p <= NODE_SHIFT_MAX_P:
+        # The oracle's value and the registry's recomputed cost are different roundings of the same number
+        # (far apart when the damping is tiny and ḡ large): keep the bound at most the recomputed cost.
+        objective = problem.objective(pruned)
+        bound = min(bound, objective)
     return BackendResult(pruned=pruned, status=_status(result.optimal, node_limit, nodes, deadline),
-                         bound=result.bound + oracle.offset, objective=result.value + oracle.offset,
+                         bound=bound, objective=objective,
                          info={"engine": "highs", "search": "best_first", "nodes": nodes,
                                "leaps_probe_nodes": leaps_nodes,
                                "cuts": result.info.get("cuts", 0),
@@ -225,11 +260,11 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
 
 def _run_selection_milp(problem, start_pruned: np.ndarray, known_bound: float | None, *, deadline: Deadline,
                         rel_gap: float, progress: bool, probe_nodes: int = 0) -> BackendResult:
-    """HiGHS on the selection MILP (:mod:`solvers.selection_milp`), started from ``start_pruned``.
+    """HiGHS on the selection MILP (:mod:`solvers.kernels.selection_milp`), started from ``start_pruned``.
 
     ``known_bound``: a proven bound from a best-first probe; the reported bound is the larger of the two.
     """
-    from .selection_milp import solve_selection_milp
+    from .kernels.selection_milp import solve_selection_milp
     res = solve_selection_milp(problem, deadline=deadline, rel_gap=rel_gap, start_pruned=start_pruned,
                                progress=progress)
     pruned, bound, optimal, nodes, hstatus = start_pruned, known_bound, False, 0, "no solution"
@@ -251,14 +286,17 @@ def _run_selection_milp(problem, start_pruned: np.ndarray, known_bound: float | 
 def _status(optimal: bool, node_limit: int | None, nodes: int, deadline: Deadline) -> Status:
     if optimal:
         return Status.OPTIMAL
+    if getattr(deadline, "interrupted", False):
+        return Status.INTERRUPTED
     if node_limit is not None and nodes >= node_limit and not deadline.expired():
         return Status.ITERATION_LIMIT
     return Status.TIME_LIMIT
 
 
 @register("miqp", description="exact CBS MIQP: own leaps-and-bounds / branch-and-bound (HiGHS MILP for "
-                              "selection), or Gurobi/SCIP via Pyomo", exact=True, requires=("pyomo", "highspy"),
-          install_hint="pip install pyomo highspy")
+                              "selection), or Gurobi/SCIP via Pyomo; total and partition (N:M, per-row) "
+                              "budgets", kind="exact", budgets=("total", "partition"),
+          requires=("pyomo", "highspy"), install_hint="pip install pyomo highspy")
 def solve_miqp(problem, *, seed: int, time_limit, progress: bool, engine: str = "highs",
                formulation: str = "auto", rel_gap: float = 1e-9, node_limit: int | None = None,
                root_relaxation: bool = False, node_shift: bool = True, search: str = "auto",
@@ -284,8 +322,9 @@ def solve_miqp(problem, *, seed: int, time_limit, progress: bool, engine: str = 
         raise ValueError(f"node_limit must be a positive integer or None, got {node_limit!r}")
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-    deadline = Deadline(time_limit)
+    deadline = Clock(time_limit)
     if engine == "highs":
+        check_miqp_memory(problem)
         return _solve_highs(problem, deadline=deadline, progress=progress, rel_gap=float(rel_gap),
                             node_limit=node_limit, root_relaxation=root_relaxation, node_shift=node_shift,
                             search=search)

@@ -200,3 +200,20 @@ def test_child_bounds_match_brute_force():
 def test_option_paths_stay_exact(options):
     for seed in range(3):
         _check_exact(random_problem(13, seed=seed, sparsity=0.75, gradient=seed == 1), **options)
+
+
+LOW_DAMPING = [(fam, damping, obj, seed) for fam in FAMILIES for damping in (1e-5, 1e-8)
+               for obj in ("update", "selection") for seed in range(2)]
+
+
+@pytest.mark.parametrize("family,damping,objective,seed", LOW_DAMPING)
+def test_reduced_cost_fixing_stays_exact_at_low_damping(family, damping, objective, seed):
+    """Reduced-cost fixing (issue 14) with tiny dampings, where bounds and costs are differences of nearly
+    equal numbers: best-first (with and without node reductions) still equals enumeration, bounds ≤ optimum."""
+    import solvers.exact_bnb as eb
+    assert eb.REDUCED_COST_FIXING
+    p = 11 + seed
+    prob = random_problem(p, seed=seed, family=family, objective=objective, damping=damping,
+                          sparsity=[0.5, 0.75][seed], gradient=seed == 1, n_samples=None if seed else p // 2)
+    for node_shift in (True, False):
+        _check_exact(prob, search="best_first", node_shift=node_shift)
