@@ -21,6 +21,12 @@ Run (MLPNet; data from ``--data`` / ``$CBS_OPT_DATA`` / ``../shared/data``):
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/layerwise.py mlpnet --out docs/benchmarks/layerwise_mlpnet.json
 
+``convnet`` loads ``benchmarks/convnet.py``'s ResNet20-style MNIST net (trained and cached there on first use),
+prunes all its Conv2d (through unfold) and Linear weights at 50 %, 70 % and 2:4 (the stem, whose rows of 9 weights
+cannot take 2:4, stays dense at N:M) and reports the test accuracy without and with BatchNorm re-estimation:
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/layerwise.py convnet --n-samples 512 --test-samples 2000
+
 ``lm`` trains (once, cached under ``--cache``) a small character-level transformer on the standard library's
 own ``.py`` files (split by file) and prunes its Linear layers at 50 %, 70 % and 2:4 (perplexity).
 :func:`benchmark_network` is the entry point for any other network (e.g. the conv benchmark).
@@ -145,54 +151,91 @@ def run_method(method: str, model: nn.Module, calib, *, sparsity: float | None, 
 def benchmark_network(name: str, model: nn.Module, calib, evaluate: Callable[[nn.Module], float], *,
                       metric: str, sparsities: Sequence[float] = (0.5, 0.7), patterns: Sequence[str] = (),
                       methods: Sequence[str] = METHODS, n_samples: int = 128, params=None, exact_max_p: int = 48,
-                      time_limit: float | None = 30.0, log=None) -> list[dict]:
+                      time_limit: float | None = 30.0, pattern_params=None,
+                      extra_metrics: dict[str, Callable[[nn.Module], float]] | None = None,
+                      log=None) -> list[dict]:
     """Every method at every budget on one network → one record per (budget, method).
 
     ``calib``: calibration inputs for :func:`cbs_opt.layerwise.prune_layerwise`; ``evaluate(model)`` the end
     metric (``metric`` names it: "accuracy" higher is better, "perplexity" lower is better).
+    ``pattern_params``: the pruned parameters at the N:M budgets (default ``params``; e.g. without a layer
+    whose rows are not a multiple of M). ``extra_metrics``: further end metrics ``{key: fn(model)}``
+    recorded under ``key`` (dense value under ``"dense_" + key``), e.g. the accuracy after BatchNorm
+    re-estimation; every function gets the pruned model and must not change it.
     """
     log = log or (lambda line: print(line, flush=True))
+    extra_metrics = dict(extra_metrics or {})
     records = []
     dense = evaluate(model)
-    log(f"{name}: dense {metric} {dense:.4f}")
+    dense_extra = {f"dense_{k}": fn(model) for k, fn in extra_metrics.items()}
+    log(f"{name}: dense {metric} {dense:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in dense_extra.items()))
     budgets = [(s, None) for s in sparsities] + [(None, p) for p in patterns]
     for sparsity, pattern in budgets:
         label = pattern or f"{sparsity:.2f}"
+        chosen = params if pattern is None or pattern_params is None else pattern_params
         for method in methods:
             t0 = time.perf_counter()
             pruned, errors, info = run_method(method, model, calib, sparsity=sparsity, pattern=pattern,
-                                              n_samples=n_samples, params=params, exact_max_p=exact_max_p,
+                                              n_samples=n_samples, params=chosen, exact_max_p=exact_max_p,
                                               time_limit=time_limit)
             seconds = time.perf_counter() - t0
             value = evaluate(pruned)
+            extra = {k: fn(pruned) for k, fn in extra_metrics.items()}
             rec = {"network": name, "budget": label, "method": method, metric: value, "dense": dense,
-                   "seconds": seconds, "layer_errors": errors, **info}
+                   "seconds": seconds, "layer_errors": errors, **extra, **dense_extra, **info}
             records.append(rec)
             errs = " ".join(f"{k}={v:.5f}" for k, v in errors.items())
-            log(f"  {label:>5} {method:<15} {metric} {value:9.4f}  {seconds:7.1f} s  {errs}")
+            more = "".join(f"  {k} {v:9.4f}" for k, v in extra.items())
+            log(f"  {label:>5} {method:<15} {metric} {value:9.4f}{more}  {seconds:7.1f} s  {errs}")
     return records
 
 
-def markdown(records: list[dict], metric: str) -> str:
-    """One table per network: rows = (budget, method), columns = metric, seconds, per-layer errors."""
+def _short(layer: str) -> str:
+    return layer[:-len(".weight")] if layer.endswith(".weight") else layer
+
+
+def markdown(records: list[dict], metric: str, extra: Sequence[str] = (), layer_columns: bool = True) -> str:
+    """One table per network: rows = (budget, method), columns = metric (and the ``extra`` metrics), seconds,
+    rows proven and (``layer_columns``) the per-layer errors; a layer not pruned at a budget shows "–"."""
     out = []
     for net in dict.fromkeys(r["network"] for r in records):
         recs = [r for r in records if r["network"] == net]
-        layers = list(recs[0]["layer_errors"])
-        out.append(f"**{net}** (dense {metric}: {recs[0]['dense']:.2f})\n")
-        out.append("| budget | method | " + metric + " | seconds | rows proven | "
-                   + " | ".join(f"rel. err. {l}" for l in layers) + " |")
-        out.append("|---|---|---:|---:|---:|" + "---:|" * len(layers))
+        layers = list(dict.fromkeys(l for r in recs for l in r["layer_errors"])) if layer_columns else []
+        dense = f"dense {metric}: {recs[0]['dense']:.2f}" + "".join(
+            f", dense {k}: {recs[0]['dense_' + k]:.2f}" for k in extra if "dense_" + k in recs[0])
+        out.append(f"**{net}** ({dense})\n")
+        out.append("| budget | method | " + metric + " | " + "".join(f"{k} | " for k in extra)
+                   + "seconds | rows proven |" + "".join(f" rel. err. {_short(l)} |" for l in layers))
+        out.append("|---|---|---:|" + "---:|" * len(extra) + "---:|---:|" + "---:|" * len(layers))
         for r in recs:
             proven = f"{r['proven_optimal']}/{r['rows']}" if "rows" in r else "-"
-            out.append(f"| {r['budget']} | {r['method']} | {r[metric]:.2f} | {r['seconds']:.1f} | {proven} | "
-                       + " | ".join(f"{r['layer_errors'][l]:.5f}" for l in layers) + " |")
+            errs = [f"{r['layer_errors'][l]:.5f}" if l in r["layer_errors"] else "–" for l in layers]
+            out.append(f"| {r['budget']} | {r['method']} | {r[metric]:.2f} | "
+                       + "".join(f"{r[k]:.2f} | " for k in extra)
+                       + f"{r['seconds']:.1f} | {proven} |" + "".join(f" {e} |" for e in errs))
         out.append("")
     return "\n".join(out)
 
 
-def check_targets(records: list[dict], metric: str, higher_is_better: bool = True) -> list[str]:
-    """The issue's acceptance targets, one line each: ours ≤ SparseGPT per layer; ours ≥ the baselines."""
+def markdown_layers(records: list[dict], budget: str, methods: Sequence[str] | None = None) -> str:
+    """Per-layer relative errors at one budget, transposed (rows = layers, columns = methods): readable for
+    networks with many layers. Bold: the smallest error of the row."""
+    recs = {r["method"]: r for r in records if r["budget"] == budget}
+    methods = [m for m in (methods or recs) if m in recs]
+    layers = list(dict.fromkeys(l for m in methods for l in recs[m]["layer_errors"]))
+    out = ["| layer | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for l in layers:
+        vals = [recs[m]["layer_errors"].get(l) for m in methods]
+        best = min(v for v in vals if v is not None)
+        cells = ["–" if v is None else (f"**{v:.5f}**" if v == best else f"{v:.5f}") for v in vals]
+        out.append(f"| {_short(l)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def check_targets(records: list[dict], metric: str, higher_is_better: bool = True,
+                  errors: bool = True) -> list[str]:
+    """The issue's acceptance targets, one line each: ours ≤ SparseGPT per layer (``errors``); ours ≥ the
+    baselines on ``metric``."""
     lines = []
     for net in dict.fromkeys(r["network"] for r in records):
         for budget in dict.fromkeys(r["budget"] for r in records if r["network"] == net):
@@ -201,7 +244,7 @@ def check_targets(records: list[dict], metric: str, higher_is_better: bool = Tru
                 continue
             ours = by["ours"]
             for ref in ("sparsegpt", "sparsegpt-row"):
-                if ref in by:
+                if ref in by and errors:
                     worse = [l for l, e in ours["layer_errors"].items() if e > by[ref]["layer_errors"][l]]
                     lines.append(f"{net} {budget}: per-layer error ours <= {ref} on every layer: "
                                  f"{'yes' if not worse else 'NO (' + ', '.join(worse) + ')'}")
@@ -226,6 +269,48 @@ def mlpnet(args) -> list[dict]:
     return benchmark_network("MLPNet", model, calib, lambda m: accuracy(m, args.data), metric="accuracy",
                              sparsities=args.sparsities, patterns=args.patterns, methods=args.methods,
                              n_samples=args.n_samples, exact_max_p=args.exact_max_p, time_limit=args.time_limit)
+
+
+# -- the conv benchmark (benchmarks/convnet.py's ResNet20-style net on MNIST) ---------------------------
+def convnet(args) -> list[dict]:
+    """The cached ResNetMNIST(width=8) of ``benchmarks/convnet.py`` (trained there if not cached), all its
+    Conv2d (through unfold) and Linear weights; calibration: ``--n-samples`` seeded training images; metric:
+    test accuracy on the first ``--test-samples`` test images, without and with BatchNorm re-estimation
+    on the calibration images (the same for every method)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import convnet as cn
+    from cbs_opt.batchnorm import recalibrate_batchnorm
+    from cbs_opt.mnist import load_mnist
+
+    spec = argparse.Namespace(cache=args.convnet_cache, width=8, train_samples=60000, epochs=2, seed=0,
+                              data=args.data, batch=128, lr=0.1)   # convnet.py's defaults: its cached net
+    model = cn.load_or_train(spec)
+    root = cn.data_dir(args.data) / "mnist"
+    x, y = load_mnist(root, "train")
+    xt, yt = load_mnist(root, "test")
+    xt, yt = xt[:args.test_samples], yt[:args.test_samples]
+    idx = torch.as_tensor(np.sort(np.random.default_rng(args.seed).choice(x.shape[0], args.n_samples,
+                                                                          replace=False)))
+    calib, calib_y = x[idx], y[idx]
+
+    def accuracy(m: nn.Module) -> float:
+        return cn.accuracy(m, xt, yt)
+
+    def accuracy_bn(m: nn.Module) -> float:
+        # BatchNorm re-estimated on the calibration images (a copy: the pruned model stays as it is)
+        m = recalibrate_batchnorm(copy.deepcopy(m), (calib, calib_y), n_samples=calib.shape[0], seed=args.seed)
+        return cn.accuracy(m, xt, yt)
+
+    names = select_parameters(model)
+    # N:M needs rows that are a multiple of M: the stem's rows have 1·3·3 = 9 weights, so it stays dense
+    # at the N:M budgets (as is usual for the first layer)
+    named = dict(model.named_parameters())
+    nm = [n for n in names if all(named[n][0].numel() % int(p.split(":")[1]) == 0 for p in args.patterns)]
+    return benchmark_network("ResNetMNIST (conv)", model, calib, accuracy, metric="accuracy",
+                             sparsities=args.sparsities, patterns=args.patterns, methods=args.methods,
+                             n_samples=args.n_samples, params=names, pattern_params=nm,
+                             exact_max_p=args.exact_max_p, time_limit=args.time_limit,
+                             extra_metrics={"accuracy_bn": accuracy_bn})
 
 
 # -- a small character-level transformer on the standard library's own source ---------------------------
@@ -328,28 +413,45 @@ def lm(args) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("network", choices=("mlpnet", "lm"))
+    ap.add_argument("network", choices=("mlpnet", "convnet", "lm"))
     ap.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.7])
-    ap.add_argument("--patterns", nargs="*", default=None, help="N:M budgets (default: none for mlpnet, 2:4 for lm)")
+    ap.add_argument("--patterns", nargs="*", default=None,
+                    help="N:M budgets (default: none for mlpnet, 2:4 for convnet and lm)")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--n-samples", type=int, default=1000, help="MLPNet calibration images")
+    ap.add_argument("--n-samples", type=int, default=None,
+                    help="calibration images (default 1000 for mlpnet, 512 for convnet)")
+    ap.add_argument("--test-samples", type=int, default=2000, help="convnet: the first this many test images")
     ap.add_argument("--exact-max-p", type=int, default=48, help="rows up to this many weights go to miqp")
     ap.add_argument("--time-limit", type=float, default=30.0, help="seconds per row for the searches")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", default=None, help="reference data folder (MLPNet)")
+    ap.add_argument("--data", default=None, help="reference data folder (MLPNet, MNIST)")
+    ap.add_argument("--convnet-cache", default=str(REPO / "benchmarks" / "results" / "convnet_cache"),
+                    help="benchmarks/convnet.py's checkpoint cache")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "cbs_opt"), help="LM checkpoint cache")
     ap.add_argument("--lm-steps", type=int, default=1000)
     ap.add_argument("--lm-calib", type=int, default=64, help="LM calibration sequences (128 characters each)")
     ap.add_argument("--out", default=None, help="write the records as JSON here")
     args = ap.parse_args(argv)
     if args.patterns is None:
-        args.patterns = ["2:4"] if args.network == "lm" else []
-    records = mlpnet(args) if args.network == "mlpnet" else lm(args)
-    metric = "accuracy" if args.network == "mlpnet" else "perplexity"
+        args.patterns = [] if args.network == "mlpnet" else ["2:4"]
+    if args.n_samples is None:
+        args.n_samples = 512 if args.network == "convnet" else 1000
+    runner = {"mlpnet": mlpnet, "convnet": convnet, "lm": lm}[args.network]
+    records = runner(args)
+    metric = "perplexity" if args.network == "lm" else "accuracy"
+    extra = ["accuracy_bn"] if args.network == "convnet" else []
     print()
-    print(markdown(records, metric))
+    print(markdown(records, metric, extra))
+    if args.network == "convnet":
+        for budget in dict.fromkeys(r["budget"] for r in records):
+            print(f"\nPer-layer relative reconstruction error at {budget}:\n")
+            print(markdown_layers(records, budget))
+    print()
     for line in check_targets(records, metric, higher_is_better=metric == "accuracy"):
         print(line)
+    for k in extra:
+        for line in check_targets(records, k, errors=False):
+            print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(records, indent=1))
     return 0

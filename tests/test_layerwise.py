@@ -328,3 +328,70 @@ def test_rows_of_a_layer_share_one_eigendecomposition_for_the_swap_search():
                             params=["0.weight"])
     for s, t in zip(res.solutions, exact.solutions):                          # 7-weight rows: swaps find the optimum
         assert s.objective == pytest.approx(t.objective, rel=1e-9, abs=1e-12)
+
+
+def _benchmark_module():
+    """benchmarks/layerwise.py by path (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "layerwise.py"
+    spec = importlib.util.spec_from_file_location("_layerwise_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _ConvBN(nn.Module):
+    """A stem whose rows (1·3·3 = 9 weights) are not a multiple of 4, BatchNorm, a conv, a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv = nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False)
+        self.fc = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x.reshape(-1, 1, 6, 6))))
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_benchmark_network_conv_with_nm_params_and_extra_metrics():
+    lw = _benchmark_module()
+    model = _ConvBN().eval()
+    x = torch.randn(40, 36, generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def out_norm(m):
+        with torch.no_grad():
+            return float(m(x).norm())
+
+    def count(m):
+        calls.append(m)
+        return float(len(calls))
+
+    nm = ["conv.weight", "fc.weight"]   # the stem's rows (9 weights) cannot take 2:4
+    recs = lw.benchmark_network("tiny", model, x, out_norm, metric="norm", sparsities=(0.5,), patterns=("2:4",),
+                                methods=("magnitude", "sparsegpt", "ours"), n_samples=40, pattern_params=nm,
+                                extra_metrics={"calls": count}, log=lambda line: None)
+    assert [(r["budget"], r["method"]) for r in recs] == [(b, m) for b in ("0.50", "2:4")
+                                                          for m in ("magnitude", "sparsegpt", "ours")]
+    assert all(set(r["layer_errors"]) == {"stem.weight", "conv.weight", "fc.weight"} for r in recs[:3])
+    assert all(set(r["layer_errors"]) == set(nm) for r in recs[3:])
+    assert recs[0]["dense_calls"] == 1.0 and [r["calls"] for r in recs] == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    # every pruned model handed to the metric is a copy: the caller's model is unchanged
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(m is not model for m in calls[1:])
+    # ours: every row (9, 36 and 36 weights <= exact_max_p = 48) goes to miqp and is proven optimal at 0.5;
+    # at 2:4 the swap search (no proof) and the stem's 4 rows are not pruned
+    assert recs[2]["proven_optimal"] == recs[2]["rows"] == 4 + 4 + 3
+    assert recs[5]["proven_optimal"] == 0 and recs[5]["rows"] == 4 + 3
+    table = lw.markdown(recs, "norm", ["calls"])
+    assert "| rel. err. stem |" in table and "| 2:4 | ours |" in table
+    assert all(line.count("–") == 1 for line in table.splitlines() if line.startswith("| 2:4"))
+    layers = lw.markdown_layers(recs, "2:4")
+    assert "stem" not in layers and layers.count("**") == 2 * 2
+    lines = lw.check_targets(recs, "norm", errors=False)
+    assert len(lines) == 2 * 2 and not any("per-layer" in line for line in lines)
