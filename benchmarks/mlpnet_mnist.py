@@ -16,8 +16,10 @@ accuracy (all 10,000 test images) and the seconds of each method:
                             the (start, pass) chosen on training images (accuracy by default, the paper
                             used the loss) with CBS-U weights, then the CBS-U step's damping chosen the
                             same way (see best_one_stage)
-  best S-stage              cbs_opt.prune(..., stages=S): greedy swap (RMP start) + CBS-U per stage, the
-                            Fisher recomputed on the pruned network each stage
+  default                   cbs_opt.prune(model, train, s, n_samples=N, seed=seed): every other argument at
+                            its default (candidates chosen on held-out training images)
+  S-stage                   cbs_opt.prune(model, train, s, stages=S, n_samples=N, seed=seed): the default per
+                            stage, the Fisher recomputed on the pruned network each stage
 
 Averaged over ``--seeds`` Fisher samples (the paper uses 5). Prints Markdown tables.
 
@@ -180,11 +182,11 @@ def best_one_stage(problem: Problem, loss: TrainingLoss, *, seed: int, rmp_draws
 
 # -- the study ------------------------------------------------------------------------------------
 METHODS = ("magnitude", "magnitude + CBS-U", "OBS", "OBS + WF update", "OBS + CBS-U", "CBS-S (greedy swap)",
-           "CBS (greedy swap + CBS-U)", "best one-stage")
+           "CBS (greedy swap + CBS-U)", "best one-stage", "default")
 
 
 def run_one_stage(problem: Problem, sparsity: float, loss: TrainingLoss, seed: int, methods,
-                  rmp_extra: int = 16) -> dict:
+                  rmp_extra: int = 16, args=None) -> dict:
     """{method: (accuracy %, seconds)} for one Fisher sample and one sparsity."""
     P = problem.with_n_prune(int(round(sparsity * problem.p)))
     out = {}
@@ -213,6 +215,15 @@ def run_one_stage(problem: Problem, sparsity: float, loss: TrainingLoss, seed: i
             if "cbs" not in cache:
                 cache["cbs"] = selected("greedy_swap")
             pruned, t_sel = cache["cbs"]
+        elif method == "default":
+            model, train = mc.load_mlpnet(args.data), mc.load_mnist(args.data, "train")
+            t0 = time.perf_counter()
+            res = prune(model, train, sparsity, n_samples=args.n_samples, seed=seed)
+            t = time.perf_counter() - t0
+            ch = res.stages[-1].choice
+            note = ch.get("candidate", "") + (f" → update {ch['update_damping']}" if "update_damping" in ch else "")
+            out[method] = (mc.accuracy(res.model, args.data), t, note)
+            continue
         elif method == "best one-stage":
             (x, info), t = timed(lambda: best_one_stage(P, loss, seed=seed, rmp_extra=rmp_extra))
             out[method] = (mc.evaluate_accuracy(x), t, info["choice"])
@@ -230,9 +241,9 @@ def run_one_stage(problem: Problem, sparsity: float, loss: TrainingLoss, seed: i
 
 
 def run_multistage(model, train, sparsity: float, stages: int, seed: int, args) -> tuple[float, float]:
+    """``prune(model, train, sparsity, stages=S)`` with every other argument at its default (N excepted)."""
     t0 = time.perf_counter()
-    res = prune(model, train, sparsity, solver="greedy_swap", solver_options={"init": "rmp"}, stages=stages,
-                n_samples=args.n_samples, damping=args.damping, seed=seed)
+    res = prune(model, train, sparsity, stages=stages, n_samples=args.n_samples, seed=seed)
     seconds = time.perf_counter() - t0
     return mc.accuracy(res.model, args.data), seconds
 
@@ -252,8 +263,11 @@ def main(argv=None) -> int:
                     help="comma-separated global sparsities (default 0.5,0.6,0.7,0.8,0.9,0.95,0.98)")
     ap.add_argument("--n-samples", type=int, default=1000, help="per-sample gradients N (default 1000)")
     ap.add_argument("--damping", type=float, default=1e-3, help="Fisher damping λ (default 1e-3)")
-    ap.add_argument("--stages", type=str, default="5",
-                    help="comma-separated stage counts for the multi-stage rows ('' for none; default 5)")
+    ap.add_argument("--stages", type=str, default="10",
+                    help="comma-separated stage counts of the multi-stage rows, prune(..., stages=S) with the "
+                         "other arguments at their defaults ('' for none; default 10)")
+    ap.add_argument("--stage-sparsities", type=str, default=None,
+                    help="comma-separated sparsities at which the multi-stage rows run (default: all)")
     ap.add_argument("--loss-samples", type=int, default=10000,
                     help="training images scoring the candidates of 'best one-stage' (default 10000)")
     ap.add_argument("--select-by", choices=("accuracy", "loss"), default="accuracy",
@@ -263,7 +277,8 @@ def main(argv=None) -> int:
                     help="extra RMP draws scored without swaps in 'best one-stage' (default 16)")
     ap.add_argument("--methods", type=str, default=None, help=f"comma-separated subset of: {', '.join(METHODS)}")
     ap.add_argument("--quick", action="store_true", help="1 seed, sparsities 0.7,0.9,0.98")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared 2-core machine more threads run slower)")
     ap.add_argument("--out", type=str, default=None, help="also write the tables to this Markdown file")
     args = ap.parse_args(argv)
     if args.threads:
@@ -289,7 +304,7 @@ def main(argv=None) -> int:
     acc = {m: {s: [] for s in sparsities} for m in methods}
     sec = {m: {s: [] for s in sparsities} for m in methods}
     notes: dict = {}
-    multi = [f"best {S}-stage (greedy swap RMP + CBS-U)" for S in stage_counts]
+    multi = [f"{S}-stage (default otherwise)" for S in stage_counts]
     for name in multi:
         acc[name] = {s: [] for s in sparsities}
         sec[name] = {s: [] for s in sparsities}
@@ -300,17 +315,19 @@ def main(argv=None) -> int:
         fisher_seconds.append(time.perf_counter() - t0)
         loss = TrainingLoss(args.data, args.loss_samples, seed + 10_000, args.select_by)
         for s in sparsities:
-            res = run_one_stage(problem, s, loss, seed, methods, args.rmp_extra)
+            res = run_one_stage(problem, s, loss, seed, methods, args.rmp_extra, args)
             for m, (a, t, note) in res.items():
                 acc[m][s].append(a)
                 sec[m][s].append(t)
                 if note:
                     notes.setdefault(m, []).append(f"seed {seed}, {s}: {note}")
             for S, name in zip(stage_counts, multi):
+                if args.stage_sparsities and s not in [float(v) for v in args.stage_sparsities.split(",")]:
+                    continue
                 a, t = run_multistage(model, train, s, S, seed, args)
                 acc[name][s].append(a)
                 sec[name][s].append(t)
-            line = ", ".join(f"{m}: {acc[m][s][-1]:.2f}" for m in acc)
+            line = ", ".join(f"{m}: {acc[m][s][-1]:.2f}" for m in acc if acc[m][s])
             print(f"[seed {seed}, sparsity {s}] {line}", flush=True)
 
     header = "| method | " + " | ".join(f"{s:g}" for s in sparsities) + " |"
@@ -319,14 +336,18 @@ def main(argv=None) -> int:
              f"dense accuracy {dense:.2f}%, Fisher (gradients + problem) {np.mean(fisher_seconds):.1f} s per seed",
              "", "Test accuracy (%), mean ± std over seeds:", "", header, rule]
     for m in acc:
-        lines.append(f"| {m} | " + " | ".join(fmt(acc[m][s]) for s in sparsities) + " |")
+        lines.append(f"| {m} | " + " | ".join(fmt(acc[m][s]) if acc[m][s] else "–" for s in sparsities) + " |")
     lines += ["", "Seconds per run (mean over seeds; Fisher excluded for the one-stage rows, included for "
               "the multi-stage rows):", "", header, rule]
     for m in sec:
-        lines.append(f"| {m} | " + " | ".join(f"{np.mean(sec[m][s]):.1f}" for s in sparsities) + " |")
-    if notes:
+        lines.append(f"| {m} | " + " | ".join(f"{np.mean(sec[m][s]):.1f}" if sec[m][s] else "–"
+                                              for s in sparsities) + " |")
+    if notes.get("best one-stage"):
         lines += ["", f"Choices of 'best one-stage' (training {args.select_by} on {args.loss_samples} images):", ""]
         lines += [f"- {n}" for n in notes.get("best one-stage", [])]
+    if notes.get("default"):
+        lines += ["", "Candidates chosen by the default (held-out calibration accuracy):", ""]
+        lines += [f"- {n}" for n in notes["default"]]
     stamp = (f"\n_{datetime.date.today()}, {platform.processor() or platform.machine()}, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads; command: "
              f"python benchmarks/mlpnet_mnist.py {' '.join(sys.argv[1:] if argv is None else argv)}_")

@@ -1,19 +1,34 @@
 """One-call model pruning: a torch model and data in, a pruned model out (DESIGN §2).
 
-    result = prune(model, loader, 0.9, solver="greedy_swap")
-    result.model, result.masks, result.sparsity
+    result = prune(model, data, 0.9)                 # the measured defaults
+    result = prune(model, data, 0.98, stages=10)     # multi-stage: the accuracy/time knob
+    result.model, result.masks, result.sparsity, result.stages[-1].choice
 
-Per stage: the Fisher blocks of the current network (:func:`cbs_opt.fisher.build_blocks`, pruned
-coordinates left out), a split of the stage's budget over the blocks, one solve per block through
-the registry, and the selected weights written back — CBS-U applied to the survivors (``update=True``)
-or just zeroed.
+Per stage (the loop in :func:`prune`):
+
+1. **Samples.** ``n_samples`` for the Fisher and, when candidates are compared or BatchNorm is
+   re-estimated, ``calibration`` held-out samples (:func:`_split_samples`).
+2. **Fisher.** The blocks of the current network (:func:`cbs_opt.fisher.build_blocks`, pruned coordinates
+   left out), computed once in eval mode; each candidate re-damps them without copying ``G``.
+3. **Budget split and solves**, per candidate (:func:`_solve_stage`): a split of the stage's budget over
+   the blocks, one solve per block through the registry.
+4. **Selection** (:mod:`cbs_opt.selection`): each candidate's weights — CBS-U applied to the survivors
+   (``update=True``) or just zeroed — are written, BatchNorm re-estimated, and scored by the true loss (or
+   accuracy) on the held-out samples; the best is kept, then the damping of its CBS-U step is chosen the
+   same way. All within ``select_budget`` seconds.
+5. **Write** the chosen weights, re-estimate BatchNorm statistics (:mod:`cbs_opt.batchnorm`).
+
+**The damping rule** (:mod:`cbs_opt.damping`): ``λ = α · mean diag(GᵀG/N)`` of each block by default, so
+that one number means the same on every block and the masks do not change when the loss is rescaled.
+A plain number is an absolute ``λ``.
 
 **Global budget over blocks.** With a block-diagonal Fisher the objective is a sum over blocks, so the
 split ``m_b`` of a global budget ``M`` should minimise ``Σ_b c_b(m_b)`` where ``c_b(m)`` is block ``b``'s
-cost at budget ``m`` — not a uniform ratio. Each block's cost curve is measured with the chosen solver
-(at every budget for small blocks, on a grid refined around the target ratio and interpolated
-otherwise), then split exactly by :func:`cbs_opt.allocation.allocate`. With full curves and an exact
-solver (``enumerate``, ``miqp``) this is the optimum of the block-diagonal problem.
+cost at budget ``m`` — not a uniform ratio. Each block's cost curve is measured (at every budget for small
+blocks, on a grid refined around the target ratio and interpolated otherwise, from cumulative OBS scores
+for large blocks — see :func:`curve_solver_for`), then split exactly by :func:`cbs_opt.allocation.allocate`.
+With full curves and an exact solver (``enumerate``, ``miqp``) this is the optimum of the block-diagonal
+problem.
 
 **Multi-stage pruning** (``stages=S``): the sparsity rises along a schedule (default: geometric in the
 density, so each stage prunes the same fraction of the survivors); each stage recomputes the Fisher on
@@ -25,7 +40,8 @@ from __future__ import annotations
 import copy
 import numbers
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -36,11 +52,31 @@ import solvers
 from solvers.registry import _check_options, get_backend
 
 from .allocation import Allocation, allocate, interpolate_curve, uniform_split
-from .fisher import Block, build_blocks, check_device, select_parameters
+from .batchnorm import batchnorm_modules, has_batchnorm, recalibrate_batchnorm
+from .damping import Damping, as_damping
+from .errors import ArgumentTypeError, InvalidArgumentError
+from .fisher import Block, _is_pair_of_tensors, build_blocks, check_device, collect_samples, select_parameters
+from .selection import CalibrationScorer, select_best
 
-__all__ = ["prune", "PruneResult", "StageRecord", "sparsity_schedule", "block_curves"]
+__all__ = ["prune", "PruneResult", "StageRecord", "Candidate", "sparsity_schedule", "block_curves",
+           "auto_blocks", "curve_solver_for", "DEFAULT_SOLVERS", "DEFAULT_ALPHAS", "DEFAULT_CANDIDATES",
+           "RECOMMENDED_STAGES"]
 
 SCHEDULES = ("geometric", "linear", "cubic")
+
+# -- defaults chosen by measurement (docs/benchmarks/mlpnet_mnist.md, docs/benchmarks/convnet.md) -----
+DEFAULT_SOLVERS = ("obs", "magnitude", "greedy_swap")
+DEFAULT_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)     # relative damping λ = α · mean diag(GᵀG/N) of each block
+DEFAULT_ALPHA = 1e-2                          # the one tried first (alone when nothing is selected)
+# (solver, α) in the order they are tried (the first one alone when nothing is selected)
+DEFAULT_CANDIDATES = (("obs", 1e-2), ("obs", 1e-3), ("greedy_swap", 1e-1), ("magnitude", 1e-2),
+                      ("obs", 1e-1), ("greedy_swap", 1.0), ("magnitude", 1e-1), ("obs", 1.0))
+# the accuracy/time knob at sparsity >= 0.9 (MLPNet, seed 0, 0.98: 10 stages 86.8% in 145 s, 20 stages 87.9% in
+# 155 s, 40 stages 88.5% in 182 s — the selection budget is split over the stages, so time grows slowly)
+RECOMMENDED_STAGES = 20
+CHEAP_SOLVERS = ("magnitude", "obs", "greedy_swap")
+EXACT_CURVE_SIZE = 20                        # curves of tiny blocks: exact (miqp) for the search solvers
+SCORE_CURVE_SIZE = 512                       # curves of larger blocks: cumulative OBS scores (no solves)
 
 
 @dataclass
@@ -54,6 +90,7 @@ class StageRecord:
     objective: float                   # Σ of the blocks' objectives (the stage's quadratic-model cost)
     solutions: list
     timings: dict[str, float]
+    choice: dict = field(default_factory=dict)  # the candidate chosen and the scores of those tried
 
 
 @dataclass
@@ -127,6 +164,85 @@ def sparsity_schedule(sparsity: float, stages: int, kind: str | Sequence[float] 
     return [float(v) for v in out]
 
 
+def _check_sparsity(sparsity) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise ArgumentTypeError(f"sparsity must be a number in [0, 1), got {type(sparsity).__name__}")
+    sparsity = float(sparsity)
+    if not 0.0 <= sparsity < 1.0:
+        raise InvalidArgumentError(f"sparsity must be in [0, 1), got {sparsity}")
+    return sparsity
+
+
+# -- candidates -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """One way to solve a stage: a registered solver, its options and the damping rule of the Fisher."""
+
+    solver: str
+    damping: Damping
+    options: tuple = ()  # sorted (name, value) pairs of solver options
+
+    def __str__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options)
+        return f"{self.solver}{opts}, damping {self.damping}"
+
+
+def _candidates(solver, damping, solver_options) -> list[Candidate]:
+    """The candidate list in priority order (the first is the one used when nothing is selected)."""
+    if isinstance(solver, str):
+        names = list(DEFAULT_SOLVERS) if solver == "auto" else [solver]
+    elif isinstance(solver, Sequence) and solver and all(isinstance(s, str) for s in solver):
+        names = list(dict.fromkeys(solver))
+    else:
+        raise ArgumentTypeError(f"solver must be a solver name, 'auto' or a sequence of names, got {solver!r}")
+    if isinstance(damping, str) and damping == "auto":
+        rules = [Damping.of_diagonal(a) for a in sorted(DEFAULT_ALPHAS, key=lambda a: a != DEFAULT_ALPHA)]
+    elif isinstance(damping, (list, tuple)):
+        if not damping:
+            raise InvalidArgumentError("damping is an empty sequence")
+        rules = list(dict.fromkeys(as_damping(d) for d in damping))
+    else:
+        rules = [as_damping(damping)]
+    if solver_options is not None and not isinstance(solver_options, dict):
+        raise ArgumentTypeError(f"solver_options must be a dict, got {type(solver_options).__name__}")
+    opts = dict(solver_options or {})
+    per_solver = {}
+    for name in names:
+        backend = get_backend(name)  # UnknownSolverError before any Fisher work
+        # options either apply to the one solver, or are given per solver: {"greedy_swap": {...}}
+        if len(names) > 1 and opts and all(isinstance(v, dict) for v in opts.values()):
+            own = dict(opts.get(name, {}))
+        else:
+            own = opts
+        _check_options(backend, own)
+        per_solver[name] = tuple(sorted(own.items()))
+    if isinstance(solver, str) and solver == "auto" and isinstance(damping, str) and damping == "auto":
+        order = [(s, Damping.of_diagonal(a)) for s, a in DEFAULT_CANDIDATES]
+        pairs = order
+    else:
+        pairs = [(s, r) for r in rules for s in names]
+    return [Candidate(s, r, per_solver[s]) for s, r in pairs]
+
+
+# -- blocks, damping, curves ------------------------------------------------------------------------
+def auto_blocks(n_weights: int, n_rows: int):
+    """The block rule of ``blocks="auto"``: one model-wide block.
+
+    Measured (docs/benchmarks/convnet.md): on the conv benchmark at sparsity 0.9 (obs, α = 1e-2, BatchNorm
+    re-estimated) one block kept 88.1%, per-layer blocks 77.9% (in 18× the time); 2,000-weight chunks
+    were below one block without BatchNorm re-estimation (14.0 vs 20.4%) and took 27× the time. On
+    MLPNet one block is the paper's setting. ``n_weights``/``n_rows`` are kept for rules that depend on
+    the size (a model whose ``N × p`` gradient matrix does not fit needs chunks; pass ``blocks=``).
+    """
+    return "model"
+
+
+def _damped_blocks(blocks: Sequence[Block], rule: Damping) -> list[Block]:
+    """The blocks under the damping ``rule`` (:meth:`cbs_opt.fisher.Block.with_damping`: a relative rule
+    is resolved against each block's own mean Fisher diagonal; the gradient storage is shared)."""
+    return [b.with_damping(rule) for b in blocks]
+
+
 def _budget_grid(size: int, fraction: float, points: int) -> np.ndarray:
     """Budgets at which to measure a block's cost curve: all of them for a small block, else a grid
     over [0, size] refined around the target fraction (where the split will land)."""
@@ -142,12 +258,46 @@ def _solve(problem, m: int, solver: str, seed: int, time_limit, options: dict):
                          **options)
 
 
-def block_curves(blocks: Sequence[Block], total: int, solver: str, *, seed: int = 0, time_limit=None,
-                 options: dict | None = None, points: int = 9, progress: bool = False):
-    """Per-block cost curves ``c_b(0..p_b)`` measured with ``solver`` (see :func:`_budget_grid`).
+def score_curve(problem) -> np.ndarray:
+    """``c(m)`` = the update cost of pruning nothing plus the ``m`` smallest single-weight OBS scores
+    ``w̃_i²/(2[F⁻¹]_ii)`` — the cost curve that ignores interactions between pruned weights (WoodFisher's
+    global ranking). One ``diag(F⁻¹)`` per block, no solve: the curve of choice for large blocks."""
+    from solvers.obs import obs_scores
+    scores = np.sort(obs_scores(problem))
+    return problem.update_constant + np.concatenate([[0.0], np.cumsum(scores)])
 
-    Returns ``(curves, cache, exact)``: the dense curves, the solutions computed ({(b, m): Solution}) and
-    whether every curve was measured at every budget (no interpolation).
+
+def curve_solver_for(solver: str, size: int) -> str:
+    """The solver that measures a block's cost curve for ``solver`` (issue-15 item 16).
+
+    A curve needs a solve at every grid budget, so it must not cost more than the solves themselves: the
+    blocks of more than :data:`SCORE_CURVE_SIZE` weights use :func:`score_curve` (one ``diag(F⁻¹)``,
+    no solve: measured on the conv benchmark, solver curves over 34 blocks of 2,000 weights took 300 s);
+    otherwise the one-shot backends (magnitude, obs, greedy_swap) measure their own curves; for the others (searches
+    with a per-call setup: update_swap, iht, relaxation, the exact ones) a block of at most
+    :data:`EXACT_CURVE_SIZE` weights is measured exactly with ``miqp`` (milliseconds there, and a curve
+    no heuristic beats) and a larger one with ``obs``. The final solve at the chosen budget always uses
+    ``solver`` itself.
+    """
+    if size > SCORE_CURVE_SIZE:
+        return "scores"
+    if solver in CHEAP_SOLVERS:
+        return solver
+    if size <= EXACT_CURVE_SIZE and "miqp" in solvers.available():
+        return "miqp"
+    return "obs"
+
+
+def block_curves(blocks: Sequence[Block], total: int, solver: str, *, seed: int = 0, time_limit=None,
+                 options: dict | None = None, points: int = 9, progress: bool = False,
+                 curve_solver: str = "auto"):
+    """Per-block cost curves ``c_b(0..p_b)`` (see :func:`_budget_grid`).
+
+    ``curve_solver="auto"`` measures them with :func:`curve_solver_for` (``solver`` itself when it is a
+    one-shot backend on a block of at most :data:`SCORE_CURVE_SIZE` weights), ``"scores"`` with
+    :func:`score_curve`, or with the named backend. Returns ``(curves, cache, exact)``: the dense curves,
+    the solutions of ``solver`` itself computed on the way ({(b, m): Solution}) and whether every curve
+    was measured at every budget (no interpolation).
     """
     options = dict(options or {})
     sizes = [b.size for b in blocks]
@@ -158,90 +308,266 @@ def block_curves(blocks: Sequence[Block], total: int, solver: str, *, seed: int 
         from tqdm.auto import tqdm
         items = tqdm(items, desc="cost curves", unit="block")
     for b, block in items:
+        using = curve_solver_for(solver, block.size) if curve_solver == "auto" else curve_solver
+        if using == "scores":
+            curves.append(score_curve(block.problem))
+            exact = False
+            continue
         grid = _budget_grid(block.size, fraction, points)
         exact &= grid.size == block.size + 1
+        opts = options if using == solver else {}
         costs = []
         for m in grid:
             if m == 0:  # nothing pruned: no solve needed
                 costs.append(block.problem.with_n_prune(0).objective(np.zeros(0, dtype=np.intp)))
                 continue
-            sol = _solve(block.problem, m, solver, seed, time_limit, options)
-            cache[(b, int(m))] = sol
+            sol = _solve(block.problem, m, using, seed, time_limit, opts)
+            if using == solver:
+                cache[(b, int(m))] = sol
             costs.append(sol.objective)
         curves.append(interpolate_curve(grid, costs, block.size))
     return curves, cache, exact
 
 
-def _check_sparsity(sparsity) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise TypeError(f"sparsity must be a number in [0, 1), got {type(sparsity).__name__}")
-    sparsity = float(sparsity)
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    return sparsity
+# -- data -------------------------------------------------------------------------------------------
+def _split_samples(data, n_fisher: int, n_calib: int, seed: int):
+    """``(fisher_data, (calib_x, calib_y))`` drawn from ``data`` for one stage.
+
+    A pair of tensors: a seeded random draw of ``n_fisher + n_calib`` distinct samples, the first
+    ``n_fisher`` for the Fisher and the rest held out. An iterable of batches: its first
+    ``n_fisher + n_calib`` samples in the loader's order (the order is the caller's: a shuffled loader
+    gives other samples on each run unless its generator is seeded). With fewer samples than that,
+    the calibration samples are the Fisher samples.
+    """
+    if _is_pair_of_tensors(data):
+        x, y = data
+        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+        y = torch.from_numpy(y) if isinstance(y, np.ndarray) else y
+        n = int(x.shape[0])
+        if n >= n_fisher + n_calib:
+            idx = torch.as_tensor(np.random.default_rng(seed).choice(n, size=n_fisher + n_calib, replace=False))
+            fi, ci = torch.sort(idx[:n_fisher]).values, torch.sort(idx[n_fisher:]).values
+            return (x[fi], y[fi]), (x[ci], y[ci])
+        fx, fy = collect_samples(data, n_fisher, seed=seed)
+        return (fx, fy), (fx, fy)
+    with warnings.catch_warnings():  # warn below about the Fisher samples, not the sum asked for here
+        warnings.simplefilter("ignore")
+        x, y = collect_samples(data, n_fisher + n_calib, seed=seed)
+    if x.shape[0] < n_fisher:
+        warnings.warn(f"data holds only {x.shape[0]} samples, fewer than n_samples={n_fisher}; using them all",
+                      stacklevel=4)
+    if x.shape[0] >= n_fisher + n_calib:
+        return (x[:n_fisher], y[:n_fisher]), (x[n_fisher:], y[n_fisher:])
+    return (x[:n_fisher], y[:n_fisher]), (x[:n_fisher], y[:n_fisher])
 
 
-def prune(model: nn.Module, data, sparsity: float, solver: str = "greedy_swap", objective: str = "update",
-          update: bool = True, n_samples: int = 1000, damping: float = 1e-3,
-          blocks: Literal["model", "layer", "row"] | int = "model", loss="cross_entropy", device=None,
+class _ModelState:
+    """Snapshot of the pruned parameters and the BatchNorm buffers, to undo a trial write."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        params = dict(model.named_parameters())
+        self.params = {n: params[n].detach().clone() for n in names}
+        self.live = {n: params[n] for n in names}
+        self.buffers = {}
+        for layer in batchnorm_modules(model):
+            for key, buf in layer.named_buffers(recurse=False):
+                self.buffers[(layer, key)] = (buf, buf.detach().clone())
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for n, value in self.params.items():
+            self.live[n].data.copy_(value)
+        for (layer, key), (buf, value) in self.buffers.items():
+            buf.copy_(value)
+
+
+def _modes(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def _set_modes(model: nn.Module, modes: dict[str, bool]) -> None:
+    for name, m in model.named_modules():
+        if name in modes:
+            m.training = modes[name]
+
+
+# -- one stage ---------------------------------------------------------------------------------------
+def _solve_stage(bl: list[Block], m_new: int, cand: Candidate, *, allocation: str, seed: int, time_limit,
+                 curve_points: int, curve_solver: str, progress: bool, label: str):
+    """Split the stage budget over the (damped) blocks and solve each: ``(budgets, alloc, solutions, t)``."""
+    options = dict(cand.options)
+    t0 = time.perf_counter()
+    cache: dict = {}
+    alloc = None
+    if len(bl) == 1:
+        budgets = np.array([m_new])
+    elif allocation == "uniform":
+        budgets = uniform_split([b.size for b in bl], m_new)
+    else:
+        curves, cache, full = block_curves(bl, m_new, cand.solver, seed=seed, time_limit=time_limit,
+                                           options=options, points=curve_points, progress=progress,
+                                           curve_solver=curve_solver)
+        alloc = allocate(curves, m_new)
+        alloc.exact = alloc.exact and full  # exact for the measured curves only when not interpolated
+        budgets = alloc.counts
+    t_curves = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sols = []
+    items = list(zip(range(len(bl)), bl, budgets))
+    if progress and len(bl) > 1:
+        from tqdm.auto import tqdm
+        items = tqdm(items, desc=f"{label} blocks", unit="block")
+    for b, block, m in items:
+        sol = cache.get((b, int(m)))
+        if sol is None:
+            sol = _solve(block.problem, int(m), cand.solver, seed, time_limit, options)
+        sols.append(sol)
+    return budgets, alloc, sols, {"curves": t_curves, "solve": time.perf_counter() - t0}
+
+
+def _write(bl: Sequence[Block], values: Sequence[np.ndarray], tensors: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for block, vals in zip(bl, values):
+            block.scatter(vals, tensors)
+
+
+def _values(bl, sols, update: bool, rule: Damping | None = None):
+    """The new block vectors: CBS-U of each solution (optionally re-damped with ``rule``) or zeros."""
+    if not update:
+        return [b.problem.zeroed(s.pruned) for b, s in zip(bl, sols)]
+    if rule is None:
+        return [s.weights for s in sols]
+    return [b.problem.update(s.pruned) for b, s in zip(_damped_blocks(bl, rule), sols)]
+
+
+def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] = "auto", objective: str = "update",
+          update: bool = True, n_samples: int = 1000, damping="auto",
+          blocks: Literal["auto", "model", "layer", "row"] | int = "auto", loss="cross_entropy", device=None,
           seed: int = 0, inplace: bool = False, stages: int = 1, solver_options: dict[str, Any] | None = None,
           attach: Literal["direct", "torch_prune"] = "direct", progress: bool = False, *,
           params: Sequence[str] | None = None, batch_size: int = 1, time_limit: float | None = None,
           schedule: str | Sequence[float] = "geometric", allocation: Literal["optimal", "uniform"] = "optimal",
-          curve_points: int = 9, gradient: bool = False, chunk_size: int = 256,
-          fisher_dtype: torch.dtype | None = None) -> PruneResult:
+          curve_points: int = 9, curve_solver: str = "auto", gradient: bool = False, chunk_size: int = 256,
+          fisher_dtype: torch.dtype | None = None, select: str | bool | None = "auto",
+          select_budget: float | None = 120.0, calibration: int = 5000,
+          recalibrate_bn: bool | None = None) -> PruneResult:
     """Prune ``sparsity`` of the selected weights of ``model`` (one global budget) → :class:`PruneResult`.
 
-    model       a ``torch.nn.Module``; copied first unless ``inplace=True`` (then changed in place)
-    data        an iterable of ``(inputs, targets)`` batches (a DataLoader; its first ``n_samples``
-                examples are used) or a pair of tensors ``(inputs, targets)`` (a seeded random subset)
+    ``prune(model, data, sparsity)`` with nothing else uses the defaults chosen by measurement
+    (docs/benchmarks/mlpnet_mnist.md, docs/benchmarks/convnet.md): the candidates
+    :data:`DEFAULT_CANDIDATES` (solver × relative damping), the true loss on held-out calibration samples
+    choosing between them, blocks by :func:`auto_blocks`, BatchNorm statistics re-estimated when the
+    model has BatchNorm. ``stages`` is the accuracy/time knob (:data:`RECOMMENDED_STAGES` for high sparsity).
+
+    model       a ``torch.nn.Module``; copied first unless ``inplace=True`` (then changed in place). Its
+                train/eval modes are kept: the Fisher and every evaluation run in eval mode, and each
+                submodule's ``training`` flag is restored on the result
+    data        a pair of tensors ``(inputs, targets)`` — a random subset is drawn under ``seed`` (stage
+                ``k`` under ``seed + k``) — or an iterable of ``(inputs, targets)`` batches (a DataLoader),
+                of which the first samples are used *in the loader's order*: the order is the caller's, so
+                a shuffled loader gives the same masks for the same ``seed`` only if its generator is
+                seeded too (``DataLoader(..., generator=torch.Generator().manual_seed(0))``)
     sparsity    target fraction in [0, 1) of the selected weights (``params``; default: Linear/Conv
-                weights) to prune, counted over all of them together
-    solver      any registered backend (``solvers.available()``); ``solver_options`` are its options;
-                ``time_limit`` applies to each solve
+                weights) to prune, counted over all of them together. A sparsity that would leave fewer
+                weights than there are selected tensors is refused (``InvalidArgumentError`` giving the
+                effective count): a network with a tensor pruned away entirely computes nothing
+    solver      a registered backend (``solvers.available()``), a sequence of them (candidates), or
+                "auto" (:data:`DEFAULT_SOLVERS`); ``solver_options`` are the solver's options (with several
+                solvers: ``{solver: {option: value}}``); ``time_limit`` applies to each solve
+    damping     ``λ`` of ``F = GᵀG/N + λI`` per block (:mod:`cbs_opt.damping`): a number (absolute), a
+                ``Damping`` / ``"relative:α"`` (``λ = α·mean diag(GᵀG/N)`` of each block, invariant to
+                rescaling the loss), a sequence of rules (candidates), or "auto" (relative,
+                α ∈ :data:`DEFAULT_ALPHAS`)
+    select      how candidates (solver × damping rule, then the damping of the CBS-U step) are chosen:
+                "loss" / "accuracy" — the lowest mean loss / highest accuracy on ``calibration`` held-out
+                samples (:mod:`cbs_opt.selection`), trying candidates in priority order while
+                ``select_budget`` seconds last (in all, split evenly over the stages; the first candidate
+                is always tried, so the budget bounds the time selection adds); ``None``/``False`` —
+                the first candidate; "auto" — "accuracy" for the classification losses
+                ("cross_entropy", "nll"), else "loss", when there is more than one candidate
+    calibration the number of held-out samples that score candidates and re-estimate BatchNorm, drawn
+                with the Fisher samples but disjoint from them (a loader: the samples after the first
+                ``n_samples``); data with fewer than ``n_samples + calibration`` samples reuses the
+                Fisher samples for calibration
     objective   "update" (combinatorial OBS) or "selection" (the paper's CBS-S) — what the solver minimises
     update      True: apply CBS-U to the surviving weights; False: only zero the pruned ones
-    n_samples, damping, loss, batch_size, gradient
-                the Fisher ``F = GᵀG/N + damping·I`` from ``n_samples`` gradient rows
-                (see :func:`cbs_opt.fisher.build_blocks`)
-    blocks      "model" (one block, the paper's setting), "layer", "row", or a chunk size
+    n_samples, loss, batch_size, gradient
+                the Fisher from ``n_samples`` gradient rows (see :func:`cbs_opt.fisher.build_blocks`);
+                ``gradient=True`` adds the mean gradient as the first-order term
+    blocks      "auto" (:func:`auto_blocks`), "model" (one block), "layer", "row", or a chunk size
     allocation  "optimal" (per-block cost curves + exact split, see the module docstring) or "uniform";
-                ``curve_points`` sets the curve grid for large blocks
+                ``curve_points`` sets the curve grid for large blocks, ``curve_solver`` the backend that
+                measures the curves (see :func:`curve_solver_for`)
     stages, schedule
-                multi-stage pruning along :func:`sparsity_schedule`; stage ``k`` samples with ``seed + k``
+                multi-stage pruning along :func:`sparsity_schedule`; each stage re-estimates the Fisher on
+                the pruned network (stage ``k`` samples with ``seed + k``)
+    recalibrate_bn
+                re-estimate BatchNorm running statistics on the calibration samples after each stage
+                (:func:`cbs_opt.batchnorm.recalibrate_batchnorm`); ``None``: on when the model has BatchNorm
     attach      "direct" (write zeros into the weights) or "torch_prune" (also register
                 ``torch.nn.utils.prune`` masks: ``weight_orig`` / ``weight_mask``)
     device      where to compute; the model must already be there (default: where it is)
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     sparsity = _check_sparsity(sparsity)
     if isinstance(stages, bool) or not isinstance(stages, numbers.Integral) or stages < 1:
-        raise ValueError(f"stages must be a positive integer, got {stages!r}")
+        raise InvalidArgumentError(f"stages must be a positive integer, got {stages!r}")
     if attach not in ("direct", "torch_prune"):
-        raise ValueError(f"attach must be 'direct' or 'torch_prune', got {attach!r}")
+        raise InvalidArgumentError(f"attach must be 'direct' or 'torch_prune', got {attach!r}")
     if allocation not in ("optimal", "uniform"):
-        raise ValueError(f"allocation must be 'optimal' or 'uniform', got {allocation!r}")
+        raise InvalidArgumentError(f"allocation must be 'optimal' or 'uniform', got {allocation!r}")
     if isinstance(curve_points, bool) or not isinstance(curve_points, numbers.Integral) or curve_points < 2:
-        raise ValueError(f"curve_points must be an integer >= 2, got {curve_points!r}")
+        raise InvalidArgumentError(f"curve_points must be an integer >= 2, got {curve_points!r}")
     if objective not in ("update", "selection"):
-        raise ValueError(f"objective must be 'update' or 'selection', got {objective!r}")
-    if solver_options is not None and not isinstance(solver_options, dict):
-        raise TypeError(f"solver_options must be a dict, got {type(solver_options).__name__}")
-    options = dict(solver_options or {})
-    _check_options(get_backend(solver), options)  # fail before the Fisher work, not after
+        raise InvalidArgumentError(f"objective must be 'update' or 'selection', got {objective!r}")
+    if select not in ("auto", "loss", "accuracy", None, False):
+        raise InvalidArgumentError(f"select must be 'auto', 'loss', 'accuracy' or None, got {select!r}")
+    if isinstance(calibration, bool) or not isinstance(calibration, numbers.Integral) or calibration < 1:
+        raise InvalidArgumentError(f"calibration must be a positive number of samples, got {calibration!r}")
+    if recalibrate_bn not in (None, True, False):
+        raise InvalidArgumentError(f"recalibrate_bn must be None, True or False, got {recalibrate_bn!r}")
+    if curve_solver not in ("auto", "scores"):
+        get_backend(curve_solver)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+        raise InvalidArgumentError(f"n_samples must be a positive integer, got {n_samples!r}")
+    cands = _candidates(solver, damping, solver_options)
     if hasattr(data, "__len__") and len(data) == 0:
-        raise ValueError("data is empty: need at least one (inputs, targets) batch")
+        raise InvalidArgumentError("data is empty: need at least one (inputs, targets) batch")
     names = select_parameters(model, params)
     check_device(model, device)
     schedule_values = sparsity_schedule(sparsity, int(stages), schedule)
+    sizes = {n: p.numel() for n, p in model.named_parameters() if n in names}
+    n_total = sum(sizes.values())
+    m_total = int(round(sparsity * n_total))
+    if m_total > n_total - len(names):
+        raise InvalidArgumentError(
+            f"sparsity={sparsity} prunes {m_total} of {n_total} weights, leaving {n_total - m_total}, fewer than "
+            f"one per selected tensor ({len(names)}); the largest usable sparsity here is "
+            f"{(n_total - len(names)) / n_total:.6g}")
+
+    metric = None
+    if len(cands) > 1 and select not in (None, False):
+        if select == "auto":
+            metric = "accuracy" if isinstance(loss, str) and loss in ("cross_entropy", "nll") else "loss"
+        else:
+            metric = select
+    if not update or len(cands) == 1 or metric is None:
+        update_rules: list[Damping] = []
+    else:
+        update_rules = list(dict.fromkeys(c.damping for c in cands))
+    use_bn = has_batchnorm(model) if recalibrate_bn is None else bool(recalibrate_bn)
+    # the selection budget is for the whole call: split evenly over the stages
+    stage_budget = None if select_budget is None else float(select_budget) / len(schedule_values)
+    need_calib = metric is not None or use_bn
 
     start_all = time.perf_counter()
+    modes = _modes(model)
     target = model if inplace else copy.deepcopy(model)
     tensors = dict(target.named_parameters())
-    keep = {n: np.ones(tensors[n].numel(), dtype=bool) for n in names}
-    n_total = sum(k.size for k in keep.values())
-    timings = {"gradients": 0.0, "curves": 0.0, "solve": 0.0, "write": 0.0}
+    live = {n: tensors[n].data for n in names}
+    keep = {n: np.ones(sizes[n], dtype=bool) for n in names}
+    timings = {"gradients": 0.0, "curves": 0.0, "solve": 0.0, "select": 0.0, "write": 0.0}
     records: list[StageRecord] = []
     last_blocks: list[Block] = []
     last_solutions: list = []
@@ -250,64 +576,104 @@ def prune(model: nn.Module, data, sparsity: float, solver: str = "greedy_swap", 
     if progress and stages > 1:
         from tqdm.auto import tqdm
         stage_iter = tqdm(stage_iter, desc="stages", unit="stage")
-    for k, stage_sparsity in stage_iter:
-        n_pruned = sum(int((~m).sum()) for m in keep.values())
-        m_new = max(0, int(round(stage_sparsity * n_total)) - n_pruned)
-        if m_new == 0:
-            continue
-        st = {"gradients": 0.0, "curves": 0.0, "solve": 0.0, "write": 0.0}
-        t0 = time.perf_counter()
-        bl = build_blocks(target, data, params=names, n_samples=n_samples, damping=damping, blocks=blocks,
-                          loss=loss, seed=seed + k, device=device, objective=objective, batch_size=batch_size,
-                          masks=keep, gradient=gradient, chunk_size=chunk_size, dtype=fisher_dtype,
-                          progress=progress)
-        st["gradients"] = time.perf_counter() - t0
+    try:
+        target.eval()  # Fisher and evaluations in eval mode (no dropout draws, BatchNorm running stats)
+        for k, stage_sparsity in stage_iter:
+            n_pruned = sum(int((~m).sum()) for m in keep.values())
+            m_new = max(0, int(round(stage_sparsity * n_total)) - n_pruned)
+            if m_new == 0:
+                continue
+            st = {"gradients": 0.0, "curves": 0.0, "solve": 0.0, "select": 0.0, "write": 0.0}
+            t0 = time.perf_counter()
+            if need_calib:
+                fisher_data, calib = _split_samples(data, int(n_samples) * batch_size, int(calibration), seed + k)
+            else:
+                fisher_data, calib = data, None
+            if blocks == "auto":  # the rule needs N, the number of gradient rows
+                n_rows = min(int(n_samples), _count(fisher_data, int(n_samples) * batch_size) // batch_size)
+                stage_blocks = auto_blocks(n_total - n_pruned, max(1, n_rows))
+            else:
+                stage_blocks = blocks
+            # the Fisher once per stage, under the first candidate's damping (re-damped per candidate below)
+            bl = build_blocks(target, fisher_data, params=names, n_samples=n_samples, damping=cands[0].damping,
+                              blocks=stage_blocks, loss=loss, seed=seed + k, device=device, objective=objective,
+                              batch_size=batch_size, masks=keep, gradient=gradient, chunk_size=chunk_size,
+                              dtype=fisher_dtype, progress=progress)
+            st["gradients"] = time.perf_counter() - t0
 
-        # split the stage's budget over the blocks
-        t0 = time.perf_counter()
-        cache: dict = {}
-        alloc = None
-        if len(bl) == 1:
-            budgets = np.array([m_new])
-        elif allocation == "uniform":
-            budgets = uniform_split([b.size for b in bl], m_new)
-        else:
-            curves, cache, full = block_curves(bl, m_new, solver, seed=seed, time_limit=time_limit,
-                                               options=options, points=int(curve_points), progress=progress)
-            alloc = allocate(curves, m_new)
-            alloc.exact = alloc.exact and full  # exact for the measured curves only when not interpolated
-            budgets = alloc.counts
-        st["curves"] = time.perf_counter() - t0
+            scorer = None
+            if metric is not None:
+                scorer = CalibrationScorer(calib[0], calib[1], loss=loss, metric=metric, device=device)
+            snapshot = _ModelState(target, names) if scorer is not None else None
+            label = f"stage {k + 1}"
 
-        t0 = time.perf_counter()
-        sols = []
-        items = list(zip(range(len(bl)), bl, budgets))
-        if progress and len(bl) > 1:
-            from tqdm.auto import tqdm
-            items = tqdm(items, desc=f"stage {k + 1} blocks", unit="block")
-        for b, block, m in items:
-            sol = cache.get((b, int(m)))
-            if sol is None:
-                sol = _solve(block.problem, int(m), solver, seed, time_limit, options)
-            sols.append(sol)
-        st["solve"] = time.perf_counter() - t0
+            def run(cand: Candidate):
+                damped = _damped_blocks(bl, cand.damping)
+                budgets, alloc, sols, t = _solve_stage(
+                    damped, m_new, cand, allocation=allocation, seed=seed, time_limit=time_limit,
+                    curve_points=int(curve_points), curve_solver=curve_solver, progress=progress, label=label)
+                st["curves"] += t["curves"]
+                st["solve"] += t["solve"]
+                return damped, budgets, alloc, sols
 
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for block, sol in zip(bl, sols):
-                values = sol.weights if update else block.problem.zeroed(sol.pruned)
-                block.scatter(values, {n: tensors[n].data for n in names})
+            def score(values) -> float:
+                _write(bl, values, live)
+                if use_bn:
+                    recalibrate_batchnorm(target, calib, n_samples=calib[0].shape[0], device=device)
+                value = scorer(target)
+                snapshot.restore()
+                return value
+
+            def evaluate(cand: Candidate):
+                out = run(cand)
+                return score(_values(out[0], out[3], update)), out
+
+            t_sel = time.perf_counter()
+            if scorer is None:
+                best, (damped, budgets, alloc, sols) = cands[0], run(cands[0])
+                values = _values(damped, sols, update)
+                choice = {"candidate": str(best)}
+            else:
+                chosen_sel = select_best(cands, evaluate, budget=stage_budget)
+                best, (damped, budgets, alloc, sols) = chosen_sel.best, chosen_sel.payload
+                values = _values(damped, sols, update)
+                choice = {"candidate": str(best), "score": chosen_sel.score,
+                          "scores": [(str(c), s) for c, s in chosen_sel.scores], "skipped": chosen_sel.skipped}
+                # the strength of the CBS-U step: the same pruned sets, updated under the other rules
+                left = None if stage_budget is None else max(0.0, stage_budget - (time.perf_counter() - t_sel))
+                others = [r for r in update_rules if r != best.damping] + (["zeroed"] if update_rules else [])
+                if others and (left is None or left > 0):
+                    def evaluate_update(rule):
+                        if rule == best.damping:
+                            return chosen_sel.score, values
+                        v = _values(damped, sols, False) if rule == "zeroed" else _values(damped, sols, True, rule)
+                        return score(v), v
+
+                    up = select_best([best.damping] + others, evaluate_update, budget=left)
+                    values = up.payload
+                    choice["update_damping"] = str(up.best)
+                    choice["update_scores"] = [(str(r), s) for r, s in up.scores]
+            st["select"] = max(0.0, time.perf_counter() - t_sel - st["curves"] - st["solve"])
+
+            t0 = time.perf_counter()
+            _write(damped, values, live)
+            for block, sol in zip(damped, sols):
                 for s in block.param_slices:
                     inside = sol.pruned[(sol.pruned >= s.start) & (sol.pruned < s.stop)] - s.start
                     keep[s.name][s.indices[inside]] = False
-        st["write"] = time.perf_counter() - t0
-        for key in timings:
-            timings[key] += st[key]
-        records.append(StageRecord(
-            sparsity=stage_sparsity, n_pruned=sum(int((~m).sum()) for m in keep.values()),
-            budgets={b.name: int(m) for b, m in zip(bl, budgets)}, allocation=alloc,
-            objective=float(sum(s.objective for s in sols)), solutions=sols, timings=st))
-        last_blocks, last_solutions = bl, sols
+            if use_bn:
+                recalibrate_batchnorm(target, calib, n_samples=calib[0].shape[0], device=device)
+            st["write"] = time.perf_counter() - t0
+            for key in timings:
+                timings[key] += st[key]
+            records.append(StageRecord(
+                sparsity=stage_sparsity, n_pruned=sum(int((~m).sum()) for m in keep.values()),
+                budgets={b.name: int(m) for b, m in zip(damped, budgets)}, allocation=alloc,
+                objective=float(sum(s.objective for s in sols)), solutions=sols, timings=st, choice=choice))
+            last_blocks, last_solutions = damped, sols
+            del bl, snapshot
+    finally:
+        _set_modes(target, modes)
 
     masks = {n: torch.as_tensor(keep[n].reshape(tensors[n].shape), device=tensors[n].device) for n in names}
     if attach == "torch_prune":
@@ -325,3 +691,12 @@ def prune(model: nn.Module, data, sparsity: float, solver: str = "greedy_swap", 
     return PruneResult(model=target, masks=masks, weights=weights, solutions=last_solutions, blocks=last_blocks,
                        stages=records, timings=timings, n_pruned=sum(int((~m).sum()) for m in keep.values()),
                        n_total=n_total)
+
+
+def _count(data, limit: int) -> int:
+    """How many samples ``data`` offers, up to ``limit`` (a pair of tensors: its length)."""
+    if _is_pair_of_tensors(data):
+        return min(limit, int(data[0].shape[0]))
+    if isinstance(data, (tuple, list)) and data and isinstance(data[0], torch.Tensor):
+        return min(limit, int(data[0].shape[0]))
+    return limit
