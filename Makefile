@@ -18,8 +18,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/cbs-opt study --out report
 
+# One BLAS/OpenMP thread per test worker: two workers on two cores, no oversubscription (a threaded
+# factorisation on a busy 2-core machine can be 1000x slower, and the time-limit tests measure wall time).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) report .pytest_cache

@@ -9,7 +9,7 @@ accuracy (all 10,000 images) of the pruned + updated network.
 Part 2 — generated low-rank instances (family "lowrank": Gaussian gradients with log-normal column scales),
 N = 1000, sparsity 0.9, p = 10⁵ and 10⁶, to show how time grows with p. They are built directly as a
 float32 torch ``Aᵀ`` (p × N; 4 GB at p = 10⁶ — a float64 ``Problem`` would need 16 GB) and searched
-through the tensor-level APIs (``solvers.update_moves.LowRankForm.from_tensors``,
+through the tensor-level APIs (``solvers.kernels.update_moves.LowRankForm.from_tensors``,
 ``solvers.greedy_swap.greedy_swap_search``); objectives are computed from the same float32 A with
 float64 accumulation.
 
@@ -39,7 +39,7 @@ import torch  # noqa: E402
 import solvers  # noqa: E402
 from solvers.base import Deadline  # noqa: E402
 from solvers.swap_search import SearchStats, hard_threshold_search, swap_descent  # noqa: E402
-from solvers.update_moves import KeptState, LowRankForm, fit  # noqa: E402
+from solvers.kernels.update_moves import KeptState, LowRankForm, fit  # noqa: E402
 
 
 def variants(device: str, dtype: str, kicks: int):
@@ -114,7 +114,7 @@ def selection_cost(form: LowRankForm, kept: torch.Tensor) -> float:
 
 def scale_part(args) -> list[str]:
     from solvers.greedy_swap import greedy_swap_search
-    from solvers.torch_lowrank import TorchCurvature
+    from solvers.kernels.torch_lowrank import TorchCurvature
 
     dev = torch.device(args.device)
     lines = ["| p | N | m | variant | seconds | passes | swaps | selection obj | update obj | status |",

@@ -11,11 +11,26 @@ from .base import (BackendResult, Deadline, Solution, SolverError, SolverUnavail
                    UnknownSolverError)
 from .errors import (ArgumentTypeError, CbsOptError, EngineError, InvalidArgumentError,  # noqa: F401
                      MemoryLimitError, ModelNotSupportedError, ProblemFileError, UnsupportedProblemError)
-from .registry import available, backends, register, solve, unregister
+from .registry import (EngineInfo, available, backends, engines, register, register_engine,  # noqa: F401
+                       solve, unregister)
 
 # Importing the backend modules registers them (optional engines inside them are probed lazily).
 from . import (magnitude, obs, enumerate as _enumerate, greedy_swap, swap_search,  # noqa: E402,F401
-               miqp, relaxation)
+               miqp, relaxation, wanda, sparsegpt)
 
-__all__ = ["solve", "available", "backends", "register", "unregister", "Solution", "Status",
+
+def _register_builtin_engines() -> None:
+    """miqp's engines: its own HiGHS-based search (default) and Gurobi / SCIP through Pyomo."""
+    from .kernels.pyomo_model import ENGINES, probe_engine
+
+    register_engine("miqp", "highs", requires=("highspy",), install_hint="pip install highspy", default=True)
+    for name, (_, module, hint) in ENGINES.items():
+        register_engine("miqp", name, requires=("pyomo", module), install_hint=hint,
+                        probe=lambda name=name: probe_engine(name))
+
+
+_register_builtin_engines()
+
+__all__ = ["solve", "available", "backends", "register", "unregister", "engines", "register_engine",
+           "EngineInfo", "Solution", "Status",
            "BackendResult", "SolverError", "SolverUnavailableError", "UnknownSolverError", "Deadline"]

@@ -90,10 +90,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ._checks import as_index_set
 from .base import BackendResult, Deadline, Status
 from .magnitude import smallest, smallest_for, smallest_per_group
 from .registry import register
-from .torch_lowrank import TorchCurvature, resolve_device, resolve_dtype
+from .kernels.torch_lowrank import TorchCurvature, resolve_device, resolve_dtype
 
 __all__ = ["greedy_swap_search", "grouped_swap_search", "STOP_RULES", "SearchResult", "initial_pruned",
            "rmp_candidates", "rmp_group_candidates", "swap_delta", "batch_delta", "INITS", "solve_greedy_swap"]
@@ -212,7 +213,6 @@ def initial_pruned(problem, init, *, seed: int = 0, rmp_trials: int = 8,
             best = int(np.argmin(values))
             return candidates[best], ("magnitude" if best == 0 else f"rmp (draw {best} of {rmp_trials})")
         raise ValueError(f"init must be one of {INITS} or an array of {m} indices, got {init!r}")
-    from cbs_opt.validation import as_index_set
     pruned = as_index_set("init", init, problem.p)
     if pruned.size != m:
         raise ValueError(f"init must hold exactly n_prune = {m} indices, got {pruned.size}")

@@ -20,7 +20,7 @@ from .base import (BackendResult, Solution, SolverError, SolverUnavailableError,
 from .errors import ArgumentTypeError, InvalidArgumentError, UnsupportedProblemError
 
 __all__ = ["register", "solve", "available", "backends", "BackendInfo", "check_options", "budget_kind",
-           "RUN_SETTINGS", "BACKEND_KINDS", "BUDGET_KINDS"]
+           "RUN_SETTINGS", "BACKEND_KINDS", "BUDGET_KINDS", "register_engine", "engines", "EngineInfo"]
 
 #: Run settings every backend receives from ``solve()`` itself; never backend options.
 RUN_SETTINGS = ("seed", "time_limit", "progress")
@@ -95,6 +95,76 @@ def register(name: str, func: Callable | None = None, *, description: str = "", 
 
 def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
+    _ENGINES.pop(name, None)
+
+
+# -- engines: the external programs a backend can drive (its ``engine=`` option) ----------------------------
+@dataclass(frozen=True)
+class EngineInfo:
+    """One engine of a backend (``solve(problem, backend, engine=name)``), with its own availability.
+
+    ``requires``: modules that must be importable; ``probe``: an optional deeper check (a licence, a
+    working binary) returning ``None`` when usable or the reason it is not — run by :meth:`check` only,
+    never at import time; ``default``: the engine the backend uses when ``engine`` is not given.
+    """
+
+    backend: str
+    name: str
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+    probe: Callable[[], str | None] | None = None
+    default: bool = False
+
+    def missing(self) -> list[str]:
+        """Required modules that are not installed here."""
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def is_available(self) -> bool:
+        """Its modules are importable (cheap; :meth:`check` also runs the probe)."""
+        return not self.missing()
+
+    def check(self) -> str | None:
+        """``None`` when the engine is usable here, else why not (missing modules first, then the probe)."""
+        missing = self.missing()
+        if missing:
+            hint = f"; install it with: {self.install_hint}" if self.install_hint else ""
+            return f"needs {', '.join(missing)}, which is not installed{hint}"
+        if self.probe is None:
+            return None
+        try:
+            return self.probe()
+        except Exception as exc:  # noqa: BLE001 — a probe failing is a reason, not a crash
+            return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+
+
+_ENGINES: dict[str, dict[str, EngineInfo]] = {}
+
+
+def register_engine(backend: str, name: str, *, requires: tuple[str, ...] = (), install_hint: str = "",
+                    probe: Callable[[], str | None] | None = None, default: bool = False,
+                    replace: bool = False) -> EngineInfo:
+    """Declare that ``backend`` accepts ``engine=name`` (Gurobi, SCIP, HiGHS, …) and how to tell whether
+    it can run here. The backend itself must be registered first."""
+    if backend not in _REGISTRY:
+        raise InvalidArgumentError(f"register_engine: no backend named {backend!r} is registered")
+    if not isinstance(name, str) or not name:
+        raise ArgumentTypeError(f"register_engine({backend!r}): name must be a non-empty string, got {name!r}")
+    table = _ENGINES.setdefault(backend, {})
+    if name in table and not replace:
+        raise InvalidArgumentError(f"engine {name!r} of {backend!r} is already registered (pass replace=True)")
+    if "engine" not in inspect.signature(_REGISTRY[backend].func).parameters:
+        raise InvalidArgumentError(f"register_engine: backend {backend!r} has no engine option")
+    info = EngineInfo(backend, name, tuple(requires), install_hint, probe, bool(default))
+    table[name] = info
+    return info
+
+
+def engines(backend: str) -> list[EngineInfo]:
+    """Every engine registered for ``backend`` (usable here or not), the default first; ``[]`` if none."""
+    if not isinstance(backend, str) or backend not in _REGISTRY:
+        raise UnknownSolverError(f"unknown solver {backend!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    table = list(_ENGINES.get(backend, {}).values())
+    return sorted(table, key=lambda e: not e.default)
 
 
 def backends() -> dict[str, BackendInfo]:
@@ -155,12 +225,28 @@ def _check_options(info: BackendInfo, options: dict[str, Any]) -> None:
                                 f"accepted: {accepted}")
 
 
+def _check_engine(solver: str, engine) -> None:
+    """An ``engine=`` option must name a registered engine of ``solver`` whose modules are installed."""
+    table = _ENGINES.get(solver)
+    if not table or engine is None:
+        return
+    if not isinstance(engine, str) or engine not in table:
+        raise InvalidArgumentError(f"engine must be one of {tuple(table)} for solver {solver!r}, got {engine!r}")
+    missing = table[engine].missing()
+    if missing:
+        hint = table[engine].install_hint
+        raise SolverUnavailableError(f"engine {engine!r} of solver {solver!r} needs {', '.join(missing)}, which is "
+                                     f"not installed" + (f"; install it with: {hint}" if hint else ""))
+
+
 def _check_pruned(name: str, pruned, problem) -> np.ndarray:
     arr = np.asarray(pruned)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise SolverError(f"solver {name!r} returned pruned of dtype {arr.dtype}, shape {arr.shape}")
     raw = arr.size
-    arr = np.unique(arr.astype(np.intp))
+    arr = np.sort(arr.astype(np.intp))  # distinct sorted indices (sort + neighbour test, faster than np.unique)
+    if arr.size > 1:
+        arr = arr[np.concatenate(([True], arr[1:] != arr[:-1]))]
     if raw != arr.size or arr.size != problem.n_prune or (arr.size and (arr[0] < 0 or arr[-1] >= problem.p)):
         raise SolverError(f"solver {name!r} returned {arr.size} valid distinct indices, "
                           f"expected {problem.n_prune} in [0, {problem.p})")
@@ -187,7 +273,7 @@ def solve(problem, solver: str = "greedy_swap", *, time_limit: float | None = No
     best incumbent with status ``"time_limit"``. ``seed`` makes every backend deterministic.
     Backend-specific ``options`` are checked against the backend's signature.
     """
-    from cbs_opt.problem import Problem  # the engine's type; imported late to keep layers apart
+    from cbs_opt import Problem  # the engine's public type; imported at call time (cbs_opt imports solvers)
 
     if not isinstance(problem, Problem):
         raise ArgumentTypeError(f"problem must be a cbs_opt.Problem, got {type(problem).__name__}")
@@ -201,6 +287,7 @@ def solve(problem, solver: str = "greedy_swap", *, time_limit: float | None = No
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ArgumentTypeError(f"seed must be an integer, got {type(seed).__name__}")
     _check_options(info, options)
+    _check_engine(solver, options.get("engine"))
     if problem.objective_kind not in info.objectives:
         raise UnsupportedProblemError(f"solver {solver!r} does not handle objective={problem.objective_kind!r} "
                                       f"(it accepts {', '.join(info.objectives)}); use problem.with_objective(...)")

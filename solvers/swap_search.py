@@ -1,7 +1,7 @@
 """Searches on the true *update* objective, beyond the paper's single swaps on the selection objective.
 
 Two backends, both working from the low-rank form ``F = AᵀA + λI`` in torch (CPU or CUDA, float32 or
-float64) through the exact moves of :mod:`solvers.update_moves`, never forming ``F``:
+float64) through the exact moves of :mod:`solvers.kernels.update_moves`, never forming ``F``:
 
 ``iht``          hard-thresholding pursuit in the style of CHITA (Benbaki et al., ICML 2023): from the
                  current kept set K with its exact refit ``x`` (CBS-U) and residual gradient
@@ -43,7 +43,7 @@ from .base import BackendResult, Deadline, Status
 from .magnitude import smallest_for
 from .obs import obs_scores
 from .registry import register
-from .update_moves import KeptState, LowRankForm, fit, resolve_device, resolve_dtype
+from .kernels.update_moves import KeptState, LowRankForm, fit, resolve_device, resolve_dtype
 
 __all__ = ["hard_threshold_search", "swap_descent", "group_pairs", "SearchStats", "solve_iht", "solve_update_swap"]
 

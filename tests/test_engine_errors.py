@@ -6,7 +6,7 @@ import types
 import pytest
 
 import solvers
-import solvers.pyomo_model as pm
+import solvers.kernels.pyomo_model as pm
 from cbs_opt import solve
 from cbs_opt.instances import random_problem
 from solvers import EngineError

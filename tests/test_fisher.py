@@ -412,3 +412,70 @@ def test_progress_bar_on_the_gradient_phase(capsys):
     x, y = data(10)
     per_sample_gradients(model, x, y, progress=True, chunk_size=4)
     assert "per-sample gradients" in capsys.readouterr().err
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    raise AssertionError("no RssFile line in /proc/self/status")
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc/self/status")
+def test_dropping_the_pages_of_disk_storage_keeps_the_data_and_frees_the_rss(tmp_path):
+    """Disk-backed G: written pages leave the resident set (madvise) without losing a value."""
+    from cbs_opt.fisher import _drop_pages, _gradient_storage, _mapped_nbytes
+    n = 16 << 20  # 64 MiB of float32
+    buf = _gradient_storage(n, np.dtype(np.float32), "disk", tmp_path)
+    buf[:] = np.arange(n, dtype=np.float32)
+    assert _mapped_nbytes(buf) == 4 * n and _mapped_nbytes(buf[10:20]) == 40
+    assert _mapped_nbytes(np.zeros(3)) == 0
+    before = _rss_file_kib()
+    _drop_pages(buf)
+    after = _rss_file_kib()
+    assert before - after > 48 << 10, (before, after)  # ≥ 48 of the 64 MiB left the resident set
+    np.testing.assert_array_equal(buf[::4099], np.arange(0, n, 4099, dtype=np.float32))  # read back from the file
+    _drop_pages(np.zeros(3))  # RAM arrays: nothing to do, no error
+    _drop_pages(buf[5:6])     # an unaligned sliver: widened to its page
+
+
+def test_disk_blocks_are_row_major_solve_like_ram_and_drop_pages_when_evicted(tmp_path, monkeypatch):
+    """On disk every block is row-major (a chunk of rows is one contiguous write); compact or not, the
+    problems equal the in-RAM ones, and a block's file pages are handed back when its problem leaves
+    the cache (so at most about one block of G is resident)."""
+    import solvers
+    import cbs_opt.fisher as fisher
+    dropped = []
+    real = fisher._drop_pages
+    monkeypatch.setattr(fisher, "_drop_pages", lambda arr: (dropped.append(arr), real(arr)))
+    model = convnet(dtype=torch.float32)
+    x, y = data(10, shape=(2, 7, 7), dtype=torch.float32)
+    for compact in (False, True):
+        ram = build_blocks(model, (x, y), n_samples=10, blocks="layer", damping=1e-3, compact=compact)
+        disk = build_blocks(model, (x, y), n_samples=10, blocks="layer", damping=1e-3, compact=compact,
+                            gradient_storage="disk", storage_dir=tmp_path)
+        assert dropped  # the gradient rows were handed back as they were written
+        for a, b in zip(ram, disk):
+            assert b.grads.flags.c_contiguous and b.compact == compact
+            if compact:
+                assert not a.grads.flags.c_contiguous  # in RAM a compact block is column-major
+            np.testing.assert_array_equal(np.asarray(a.grads), np.asarray(b.grads))
+            for solver in ("magnitude", "obs"):
+                m = a.size // 2
+                sa, sb = solvers.solve(a.problem.with_n_prune(m), solver), solvers.solve(b.problem.with_n_prune(m), solver)
+                assert np.array_equal(sa.pruned, sb.pruned)
+                np.testing.assert_allclose(sb.weights, sa.weights, rtol=1e-10, atol=1e-12)
+        # the cache keeps one disk problem at a time here: the previous block's pages are dropped
+        disk[0]._cache.capacity = 0
+        disk[0]._cache.clear()
+        dropped.clear()
+        disk[0].problem
+        # a compact problem reads the file itself (its pages stay while it is in use); a float64 one
+        # has its own copy, so the file pages go at once
+        assert any(arr is disk[0].grads for arr in dropped) == (not compact)
+        disk[1].problem
+        assert any(arr is disk[0].grads for arr in dropped)
+        dropped.clear()
+        disk[1].release()
+        assert any(arr is disk[1].grads for arr in dropped)

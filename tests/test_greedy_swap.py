@@ -19,7 +19,7 @@ from cbs_opt import Problem
 from cbs_opt.instances import random_problem
 from solvers.greedy_swap import (batch_delta, greedy_swap_search, initial_pruned, rmp_candidates,
                                  swap_delta)
-from solvers.torch_lowrank import TorchCurvature, resolve_device, resolve_dtype
+from solvers.kernels.torch_lowrank import TorchCurvature, resolve_device, resolve_dtype
 
 
 def close(a, b, rel=1e-9, abs_=1e-12):
@@ -367,10 +367,24 @@ def test_torch_operator_matches_numpy(dense, dtype):
 
 
 def test_operator_cache_is_shared_by_variants():
+    """One torch view per (curvature, device, dtype, layout): variants of a problem, other problems sharing
+    its curvature by reference (rows of a layer), and the update-objective search's form all reuse it."""
+    import torch
+    from cbs_opt import Problem
+    from solvers.kernels.update_moves import LowRankForm
+
     prob = random_problem(40, 5, sparsity=0.5, seed=0)
     a = TorchCurvature.from_problem(prob, "cpu", "float32")
-    assert TorchCurvature.from_problem(prob.with_objective("selection"), "cpu", "float32") is a
-    assert TorchCurvature.from_problem(prob, "cpu", "float64") is not a
+    assert TorchCurvature.from_problem(prob.with_objective("selection"), "cpu", "float32").At is a.At
+    other = Problem(weights=np.ones(40), curvature=prob.curvature, n_prune=3)
+    assert TorchCurvature.from_problem(other, "cpu", "float32").At is a.At
+    b = TorchCurvature.from_problem(prob, "cpu", "float64")
+    assert b.At is not a.At and b.At.dtype == torch.float64
+    assert TorchCurvature.from_problem(prob, "cpu", "float32", cache=False).At is not a.At
+    assert prob.curvature.torch_view("cpu", torch.float32, transposed=True) is a.At
+    form = LowRankForm.from_problem(prob, "cpu", torch.float64)
+    assert form.A.data_ptr() == prob.curvature.torch_view("cpu", torch.float64).data_ptr()
+    assert form.A.data_ptr() == prob.curvature.A.__array_interface__["data"][0]  # float64 CPU: no copy
 
 
 def test_problem_arrays_not_mutated():

@@ -183,3 +183,73 @@ def test_cli_solve_time_limit_and_reserved_option(tmp_path, capsys):
     assert main(["solve", str(path), "--solver", "greedy_swap", "--option", "time_limit=10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "time_limit is a run setting" in err[0] and "Traceback" not in err[0]
+
+
+def test_solvers_import_no_cbs_opt_and_nothing_private_from_it():
+    """Layering (DESIGN §2): importing solvers loads no cbs_opt module, and no solvers module imports a
+    private name (``_x``) or a module other than the public package API from cbs_opt."""
+    import ast
+    import pathlib
+    import subprocess
+    import sys
+
+    code = "import sys, solvers; bad = [m for m in sys.modules if m.split('.')[0] == 'cbs_opt']; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    root = pathlib.Path(solvers.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cbs_opt":
+                names = [a.name for a in node.names]
+                if node.module != "cbs_opt" or any(n.startswith("_") for n in names):
+                    offenders.append(f"{path.name}: from {node.module} import {', '.join(names)}")
+            elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "cbs_opt" for a in node.names):
+                offenders.append(f"{path.name}: import {', '.join(a.name for a in node.names)}")
+    assert offenders == []
+
+
+def test_engines_are_registry_entries_with_their_own_availability():
+    miqp = solvers.engines("miqp")
+    names = [e.name for e in miqp]
+    assert names[0] == "highs" and miqp[0].default and {"gurobi", "scip"} <= set(names)
+    assert all(isinstance(e, solvers.EngineInfo) and e.backend == "miqp" for e in miqp)
+    assert all(e.install_hint for e in miqp)
+    assert solvers.engines("magnitude") == []
+    with pytest.raises(solvers.UnknownSolverError):
+        solvers.engines("no_such_solver")
+
+
+def test_register_engine_availability_probe_and_errors():
+    @solvers.register("engine_demo", kind="baseline")
+    def demo(problem, *, seed, time_limit, progress, engine="a"):
+        return BackendResult(pruned=np.arange(problem.n_prune), status=Status.FEASIBLE)
+
+    try:
+        ok = solvers.register_engine("engine_demo", "a", default=True)
+        gone = solvers.register_engine("engine_demo", "b", requires=("no_such_module_xyz",), install_hint="pip install b")
+        broken = solvers.register_engine("engine_demo", "c", probe=lambda: 1 / 0)
+        picky = solvers.register_engine("engine_demo", "d", probe=lambda: "no licence")
+        assert [e.name for e in solvers.engines("engine_demo")] == ["a", "b", "c", "d"]
+        assert ok.is_available() and ok.check() is None
+        assert not gone.is_available() and gone.check() == ("needs no_such_module_xyz, which is not installed; "
+                                                            "install it with: pip install b")
+        assert broken.is_available() and broken.check().startswith("ZeroDivisionError")
+        assert picky.check() == "no licence"
+        prob = random_problem(6, 4, 3, seed=0)
+        assert solvers.solve(prob, "engine_demo", engine="c").pruned.size == prob.n_prune  # the probe is not run
+        with pytest.raises(solvers.InvalidArgumentError, match=r"engine must be one of \('a', 'b', 'c', 'd'\)"):
+            solvers.solve(prob, "engine_demo", engine="z")
+        with pytest.raises(solvers.SolverUnavailableError, match="needs no_such_module_xyz.*pip install b"):
+            solvers.solve(prob, "engine_demo", engine="b")
+        with pytest.raises(solvers.InvalidArgumentError, match="already registered"):
+            solvers.register_engine("engine_demo", "a")
+        with pytest.raises(solvers.InvalidArgumentError, match="no engine option"):
+            solvers.register_engine("magnitude", "x")
+        with pytest.raises(solvers.InvalidArgumentError, match="no backend named"):
+            solvers.register_engine("nope", "x")
+        from cbs_opt.study import engines_of
+        assert engines_of("engine_demo") == ["a", "c", "d"]  # importable ones; probe=True would test-solve
+    finally:
+        solvers.unregister("engine_demo")
+    assert "engine_demo" not in solvers.backends()

@@ -16,7 +16,7 @@ from cbs_opt.instances import FAMILIES, random_problem
 from solvers.magnitude import smallest
 from solvers.obs import obs_scores
 from solvers.swap_search import SearchStats, hard_threshold_search, swap_descent
-from solvers.update_moves import KeptState, LowRankForm, fit
+from solvers.kernels.update_moves import KeptState, LowRankForm, fit
 
 CASES = [  # (family, p, N, m, dense, gradient)
     ("lowrank", 24, 10, 14, False, False),     # N < p

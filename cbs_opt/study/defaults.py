@@ -48,29 +48,14 @@ OPT_IN = {("miqp", "scip")}
 
 
 def engines_of(name: str, *, probe: bool = False) -> list[str]:
-    """Engines of backend ``name`` usable here: the default of its ``engine`` option plus the keys of
-    its module's ``ENGINES`` table whose module is importable; ``probe`` also test-solves each one."""
-    import importlib.util
-    import inspect
+    """Engines of backend ``name`` usable here: those registered (``solvers.engines``) whose modules are
+    importable, the default first; ``probe`` also test-solves each one."""
+    from solvers import engines
 
-    from solvers import backends
-
-    info = backends()[name]
-    params = inspect.signature(info.func).parameters
-    if "engine" not in params:
-        return []
-    engines = []
-    if isinstance(params["engine"].default, str):
-        engines.append(params["engine"].default)
-    module = __import__(info.func.__module__, fromlist=["_"])
-    table = getattr(module, "ENGINES", {}) or {}
-    for key, value in dict(table).items():
-        needs = value[1] if isinstance(value, tuple) and len(value) > 1 else None
-        if key not in engines and (needs is None or importlib.util.find_spec(needs) is not None):
-            engines.append(key)
+    found = [e.name for e in engines(name) if e.is_available()]
     if probe:
-        engines = [e for e in engines if probe_engine(name, e) is None]
-    return engines
+        found = [e for e in found if probe_engine(name, e) is None]
+    return found
 
 
 @functools.lru_cache(maxsize=None)

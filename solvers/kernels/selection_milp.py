@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Deadline
+from ..base import Deadline
 
 __all__ = ["solve_selection_milp", "MilpResult"]
 
@@ -40,7 +40,7 @@ def solve_selection_milp(problem, *, deadline: Deadline, rel_gap: float, start_p
                          progress: bool = False) -> MilpResult | None:
     """Solve the selection cost exactly (module doc). ``None`` if HiGHS returns no solution at all."""
     from .pyomo_model import feasible_cost_scale
-    from .relaxation import _highs
+    from ..relaxation import _highs
 
     highspy, h = _highs()
     p, m = problem.p, problem.n_prune

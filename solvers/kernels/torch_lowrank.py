@@ -21,7 +21,6 @@ and :class:`FsTracker` (``values``, ``full``, ``add``, ``quad``, ``refresh``).
 from __future__ import annotations
 
 import warnings
-import weakref
 
 import numpy as np
 import torch
@@ -34,8 +33,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHUNK_BYTES = 64 * 2 ** 20
 CPU_CHUNK_BYTES = 4 * 2 ** 20
 
-# (curvature object, device, dtype) -> TorchCurvature; dies with the problem's curvature.
-_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
 def resolve_device(device) -> torch.device:
@@ -102,33 +99,31 @@ class TorchCurvature:
                      chunk_rows: int | None = None) -> "TorchCurvature":
         """The operator of ``problem.curvature`` on ``device`` in storage ``dtype``.
 
-        With ``cache=True`` the operator is kept (weakly, with the problem's curvature object) so
-        that repeated solves of the same problem — or of ``with_objective``/``with_n_prune``
-        variants, which share the curvature — skip the conversion.
+        With ``cache=True`` the big tensor comes from ``problem.curvature.torch_view(...)``, which the
+        curvature object caches per (device, dtype, layout): repeated solves of the same problem, its
+        ``with_objective``/``with_budget`` variants and every problem sharing the curvature (the rows of a
+        layer) convert it once. ``cache=False`` converts a private copy.
         """
         dev, dt = resolve_device(device), resolve_dtype(dtype)
         curv = problem.curvature
-        key = (str(dev), dt)
-        if cache:
-            hit = _CACHE.get(curv, {}).get(key)
-            if hit is not None:
-                return hit
+        view = getattr(curv, "torch_view", None) if cache else None
         with warnings.catch_warnings():  # the problem's arrays are read-only; they are only read here
             warnings.simplefilter("ignore", UserWarning)
             if curv.is_low_rank:
-                A_t = torch.from_numpy(curv.A).T                  # (p, N) strided view of A = G/√N
-                At = torch.empty(A_t.shape, dtype=dt, device=dev)
-                step = max(1, CHUNK_BYTES // (8 * max(1, A_t.shape[1])))
-                for lo in range(0, A_t.shape[0], step):           # chunked transpose-cast-copy
-                    At[lo:lo + step] = A_t[lo:lo + step].to(device=dev, dtype=dt)
+                if view is not None:
+                    At = view(dev, dt, transposed=True)
+                else:
+                    A_t = torch.from_numpy(curv.A).T                  # (p, N) strided view of A = G/√N
+                    At = torch.empty(A_t.shape, dtype=dt, device=dev)
+                    step = max(1, CHUNK_BYTES // (8 * max(1, A_t.shape[1])))
+                    for lo in range(0, A_t.shape[0], step):           # chunked transpose-cast-copy
+                        At[lo:lo + step] = A_t[lo:lo + step].to(device=dev, dtype=dt)
                 op = cls(At=At, damping=curv.damping, chunk_rows=chunk_rows)
             else:
-                H = torch.from_numpy(curv.dense()).to(device=dev, dtype=dt)
+                H = view(dev, dt) if view is not None else torch.from_numpy(curv.dense()).to(device=dev, dtype=dt)
                 op = cls(H=H, damping=curv.damping, chunk_rows=chunk_rows)
             # diag(F) in float64 from the problem's own float64 arrays
             op._diag = torch.from_numpy(np.asarray(curv.diagonal(), dtype=np.float64)).to(dev)
-        if cache:
-            _CACHE.setdefault(curv, {})[key] = op
         return op
 
     @property

@@ -101,10 +101,14 @@ class LowRankForm:
         dtype = resolve_dtype(dtype)
         curv = problem.curvature
         if curv.is_low_rank and curv.damping > 0:
-            with warnings.catch_warnings():  # the problem's arrays are read-only; A is never written
-                warnings.simplefilter("ignore", UserWarning)
-                A = torch.from_numpy(curv.A)
-            A = A.to(device=device, dtype=dtype)
+            view = getattr(curv, "torch_view", None)
+            if view is not None:  # cached on the (shared) curvature per device and dtype
+                A = view(device, dtype)
+            else:
+                with warnings.catch_warnings():  # the problem's arrays are read-only; A is never written
+                    warnings.simplefilter("ignore", UserWarning)
+                    A = torch.from_numpy(curv.A)
+                A = A.to(device=device, dtype=dtype)
             lam = curv.damping
         else:
             if problem.p > DENSE_CONVERT_LIMIT:
@@ -112,7 +116,8 @@ class LowRankForm:
                                  f"with p = {problem.p} > {DENSE_CONVERT_LIMIT} (F = GᵀG/N is singular "
                                  "or too large to factor densely)")
             F = curv.dense()
-            e, V = np.linalg.eigh(0.5 * (F + F.T))
+            # a shared DenseCurvature (the rows of a layer) caches its eigendecomposition: once per layer
+            e, V = curv.eigh() if hasattr(curv, "eigh") else np.linalg.eigh(0.5 * (F + F.T))
             if e[0] <= 1e-12 * max(1.0, e[-1]):
                 raise ValueError("the update-objective search needs F positive definite "
                                  f"(smallest eigenvalue {e[0]:.3g}); add damping")

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BackendResult, SolverUnavailableError, Status
-from .errors import EngineError
-from .exact_core import diagonal_split
+from ..base import BackendResult, SolverUnavailableError, Status
+from ..errors import EngineError
+from ..exact_core import diagonal_split
 
 __all__ = ["build_model", "export_model", "solve_with_engine", "FORMULATIONS", "ENGINES",
-           "feasible_cost_scale", "engine_error", "round_to_budget"]
+           "feasible_cost_scale", "engine_error", "round_to_budget", "probe_engine"]
 
 FORMULATIONS = ("auto", "lowrank", "dense", "milp")
 # engine name → (Pyomo contrib.solver name, module it needs, install extra)
@@ -60,9 +60,9 @@ def feasible_cost_scale(problem) -> float:
     """
     # The set must satisfy the problem's budget (per group under a partition budget): the big-M argument
     # needs a *feasible* U, and a set that only meets the total count can cost less than every feasible one.
-    from .magnitude import smallest_for
+    from ..magnitude import smallest_for
     if problem.objective_kind == "update":
-        from .obs import obs_scores
+        from ..obs import obs_scores
         try:
             pruned = smallest_for(obs_scores(problem), problem)
         except ValueError:  # singular F: no OBS scores
@@ -107,7 +107,7 @@ def _budget_rows(pyo, model, problem, var, *, keep: bool) -> None:
 def round_to_budget(problem, values: np.ndarray, *, keep: bool) -> np.ndarray:
     """The pruned set from an engine's 0/1 values (tolerances leave them near 0/1): per group the
     ``m_g`` lowest keep indicators (``keep=True``) or highest prune indicators, so the set is feasible."""
-    from .magnitude import smallest_for
+    from ..magnitude import smallest_for
     values = np.asarray(values, dtype=np.float64)
     return smallest_for(values if keep else -values, problem)
 
@@ -247,6 +247,19 @@ def _engine(name: str):
         raise SolverUnavailableError(f"engine {name!r} ({solver_name}) is not usable here "
                                      f"(licence or installation); {hint}")
     return opt
+
+
+def probe_engine(name: str) -> str | None:
+    """``None`` when Pyomo reports engine ``name`` usable here (installed, licensed), else the reason.
+
+    Cheap: it asks the Pyomo solver interface, it solves nothing (``cbs_opt.study.probe_engine`` does).
+    """
+    try:
+        _pyo()  # loads Pyomo's solver plugins (the factory knows no names before)
+        _engine(name)
+    except Exception as exc:  # noqa: BLE001 — any failure is the reason
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+    return None
 
 
 def _solve_without_fd_capture(opt, model, kwargs):
