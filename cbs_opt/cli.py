@@ -408,6 +408,12 @@ def cmd_prune(args) -> int:
     # Settings left unset on the command line keep prune()'s own (measured) defaults.
     chosen = {k: v for k, v in (("damping", args.damping), ("blocks", args.blocks), ("solver", args.solver),
                                 ("n_samples", args.n_samples)) if v is not None}
+    if args.sparsity is None and args.pattern is None:
+        raise UserError("give --sparsity S (a fraction of the weights) or --pattern N:M")
+    chosen.update({k: v for k, v in (("pattern", args.pattern), ("jobs", args.jobs), ("scheduler", args.scheduler))
+                   if v is not None})
+    if args.curvature != "fisher":
+        chosen["curvature"] = args.curvature
     result = prune(model, train, args.sparsity, objective=args.objective, seed=args.seed or 0, stages=args.stages, solver_options=options,
                    progress=_progress(args), time_limit=args.time_limit, loss=args.loss, **chosen)
     seconds = time.perf_counter() - start
@@ -572,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "package.module:make_data returning the training data or {'train': ..., 'test': ...}")
     p.add_argument("--loss", default="cross_entropy", choices=("cross_entropy", "nll", "mse"),
                    help="loss of the Fisher (default cross_entropy on logits)")
-    p.add_argument("--sparsity", type=_sparsity, required=True, help="fraction of weights to prune")
+    p.add_argument("--sparsity", type=_sparsity, default=None, help="fraction of weights to prune")
     p.add_argument("--solver", default=None, help="backend name (default: prune()'s default)")
     p.add_argument("--objective", choices=("update", "selection"), default="update")
     p.add_argument("--blocks", type=_blocks, default=None, metavar="model|layer|row|K",
@@ -582,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--damping", type=_nonneg_float, default=None, help="Fisher damping (default 1e-4 "
                                                                          "digits, 1e-3 mlpnet)")
     p.add_argument("--stages", type=_positive_int, default=1, help="gradual pruning stages")
+    p.add_argument("--pattern", metavar="N:M", default=None,
+                   help="structured N:M sparsity (e.g. 2:4; --sparsity is then implied and may be left out)")
+    p.add_argument("--curvature", choices=("fisher", "activations"), default="fisher",
+                   help="fisher (default) or activations: layer-wise X^T X reconstruction curvature")
+    _add_parallel_arguments(p, "worker processes for the block solves (default: this process)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="solver option (repeatable)")
     p.add_argument("--out", metavar="DIR", help="write pruned.pt, masks.pt, prune_report.md")
     p.set_defaults(func=cmd_prune)

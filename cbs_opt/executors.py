@@ -240,12 +240,26 @@ def _problem_of(block):
     return block.make_problem()
 
 
-def solve_task(block, m: int, solver: str, seed: int, time_limit: float | None, options: dict, backend=None):
-    """Worker: solve ``block`` (a :class:`~cbs_opt.fisher.Block` or a :class:`Problem`) at budget ``m``."""
+def at_budget(problem, budget):
+    """``problem`` at ``budget``: a prune count (total budget) or a :class:`~cbs_opt.budget.Budget`
+    (structured: N:M, per row)."""
+    if hasattr(budget, "counts") and hasattr(budget, "groups"):
+        return problem.with_budget(budget)
+    return problem.with_n_prune(int(budget))
+
+
+def _key(budget):
+    """Cache key of a budget: the count, or the (hashable) Budget itself."""
+    return budget if hasattr(budget, "counts") else int(budget)
+
+
+def solve_task(block, m, solver: str, seed: int, time_limit: float | None, options: dict, backend=None):
+    """Worker: solve ``block`` (a :class:`~cbs_opt.fisher.Block` or a :class:`Problem`) at budget ``m``
+    (a count or a :class:`~cbs_opt.budget.Budget`)."""
     import solvers
     ensure_backend(backend)
     problem = _problem_of(block)
-    return solvers.solve(problem.with_n_prune(int(m)), solver=solver, seed=seed, time_limit=time_limit,
+    return solvers.solve(at_budget(problem, m), solver=solver, seed=seed, time_limit=time_limit,
                          **dict(options or {}))
 
 
@@ -280,7 +294,8 @@ def _local(executor) -> bool:
 def solve_blocks(blocks: Sequence, budgets: Sequence[int], solver: str, *, executor=None, seed: int = 0,
                  time_limit: float | None = None, options: dict | None = None, progress: bool = False,
                  cache: dict | None = None, release: bool = True) -> list:
-    """One solve per block, ``blocks[b]`` at budget ``budgets[b]`` → the :class:`Solution` list, in order.
+    """One solve per block, ``blocks[b]`` at budget ``budgets[b]`` (a prune count, or a
+    :class:`~cbs_opt.budget.Budget` for structured sparsity) → the :class:`Solution` list, in order.
 
     ``cache`` ({(b, m): Solution}, e.g. from :func:`block_costs`) answers solves already done. In this
     process (``executor=None``) each block's float64 problem is built, solved and — with ``release`` —
@@ -292,8 +307,8 @@ def solve_blocks(blocks: Sequence, budgets: Sequence[int], solver: str, *, execu
     cache = cache or {}
     options = dict(options or {})
     backend = portable_backend(solver)
-    todo = [b for b in range(len(blocks)) if (b, int(budgets[b])) not in cache]
-    out = {b: cache[(b, int(budgets[b]))] for b in range(len(blocks)) if b not in todo}
+    todo = [b for b in range(len(blocks)) if (b, _key(budgets[b])) not in cache]
+    out = {b: cache[(b, _key(budgets[b]))] for b in range(len(blocks)) if b not in todo}
     if _local(executor):
         items = todo
         if progress and len(todo) > 1:
@@ -303,12 +318,12 @@ def solve_blocks(blocks: Sequence, budgets: Sequence[int], solver: str, *, execu
             block = blocks[b]
             problem = block.problem if hasattr(block, "problem") else block
             import solvers
-            out[b] = solvers.solve(problem.with_n_prune(int(budgets[b])), solver=solver, seed=seed,
+            out[b] = solvers.solve(at_budget(problem, budgets[b]), solver=solver, seed=seed,
                                    time_limit=time_limit, **options)
             if release and hasattr(block, "release"):
                 block.release()
     else:
-        sols = map_blocks(executor, solve_task, [(blocks[b], int(budgets[b]), solver, seed, time_limit, options,
+        sols = map_blocks(executor, solve_task, [(blocks[b], _key(budgets[b]), solver, seed, time_limit, options,
                                                  backend) for b in todo], progress=progress, desc="block solves")
         out.update(zip(todo, sols))
     return [out[b] for b in range(len(blocks))]

@@ -37,6 +37,7 @@ The quadratic model is only trustworthy near the current weights; small steps ke
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
 import time
@@ -54,9 +55,12 @@ from solvers.registry import _check_options, get_backend
 from .allocation import Allocation, allocate, interpolate_curve, uniform_split
 from .batchnorm import batchnorm_modules, has_batchnorm, recalibrate_batchnorm
 from .damping import Damping, as_damping
+from .executors import block_costs, executor_scope, solve_blocks
 from .errors import ArgumentTypeError, InvalidArgumentError
 from .fisher import Block, _is_pair_of_tensors, build_blocks, check_device, collect_samples, select_parameters
+from .budget import parse_pattern
 from .selection import CalibrationScorer, select_best
+from .structured import BALANCED, block_budget, check_masks, fits_pattern
 
 __all__ = ["prune", "PruneResult", "StageRecord", "Candidate", "sparsity_schedule", "block_curves",
            "auto_blocks", "curve_solver_for", "DEFAULT_SOLVERS", "DEFAULT_ALPHAS", "DEFAULT_CANDIDATES",
@@ -290,42 +294,38 @@ def curve_solver_for(solver: str, size: int) -> str:
 
 def block_curves(blocks: Sequence[Block], total: int, solver: str, *, seed: int = 0, time_limit=None,
                  options: dict | None = None, points: int = 9, progress: bool = False,
-                 curve_solver: str = "auto"):
+                 curve_solver: str = "auto", executor=None):
     """Per-block cost curves ``c_b(0..p_b)`` (see :func:`_budget_grid`).
 
     ``curve_solver="auto"`` measures them with :func:`curve_solver_for` (``solver`` itself when it is a
     one-shot backend on a block of at most :data:`SCORE_CURVE_SIZE` weights), ``"scores"`` with
-    :func:`score_curve`, or with the named backend. Returns ``(curves, cache, exact)``: the dense curves,
-    the solutions of ``solver`` itself computed on the way ({(b, m): Solution}) and whether every curve
-    was measured at every budget (no interpolation).
+    :func:`score_curve`, or with the named backend. Measured curves run through ``executor``
+    (:mod:`cbs_opt.executors`: this process when ``None``, a process pool, a Dask client), one task per
+    block. Returns ``(curves, cache, exact)``: the dense curves, the solutions of ``solver`` itself
+    computed on the way ({(b, m): Solution}) and whether every curve was measured at every budget (no
+    interpolation).
     """
     options = dict(options or {})
     sizes = [b.size for b in blocks]
     fraction = total / max(1, sum(sizes))
-    curves, cache, exact = [], {}, True
-    items = list(enumerate(blocks))
-    if progress:
-        from tqdm.auto import tqdm
-        items = tqdm(items, desc="cost curves", unit="block")
-    for b, block in items:
-        using = curve_solver_for(solver, block.size) if curve_solver == "auto" else curve_solver
-        if using == "scores":
+    usings = [curve_solver_for(solver, b.size) if curve_solver == "auto" else curve_solver for b in blocks]
+    measured = [b for b, u in enumerate(usings) if u != "scores"]
+    grids = {b: _budget_grid(blocks[b].size, fraction, points) for b in measured}
+    costs, cache = block_costs([blocks[b] for b in measured], [grids[b] for b in measured],
+                               [usings[b] for b in measured], executor=executor, seed=seed, time_limit=time_limit,
+                               options=[options if usings[b] == solver else {} for b in measured],
+                               keep=[usings[b] == solver for b in measured], progress=progress)
+    by_block = dict(zip(measured, costs))
+    curves, exact = [], True
+    for b, block in enumerate(blocks):
+        if usings[b] == "scores":
             curves.append(score_curve(block.problem))
             exact = False
             continue
-        grid = _budget_grid(block.size, fraction, points)
-        exact &= grid.size == block.size + 1
-        opts = options if using == solver else {}
-        costs = []
-        for m in grid:
-            if m == 0:  # nothing pruned: no solve needed
-                costs.append(block.problem.with_n_prune(0).objective(np.zeros(0, dtype=np.intp)))
-                continue
-            sol = _solve(block.problem, m, using, seed, time_limit, opts)
-            if using == solver:
-                cache[(b, int(m))] = sol
-            costs.append(sol.objective)
-        curves.append(interpolate_curve(grid, costs, block.size))
+        exact &= grids[b].size == block.size + 1
+        curves.append(interpolate_curve(grids[b], by_block[b], block.size))
+    # block_costs numbers the blocks it was given; map back to the caller's block indices
+    cache = {(measured[i], m): sol for (i, m), sol in cache.items()}
     return curves, cache, exact
 
 
@@ -393,35 +393,36 @@ def _set_modes(model: nn.Module, modes: dict[str, bool]) -> None:
 
 # -- one stage ---------------------------------------------------------------------------------------
 def _solve_stage(bl: list[Block], m_new: int, cand: Candidate, *, allocation: str, seed: int, time_limit,
-                 curve_points: int, curve_solver: str, progress: bool, label: str):
-    """Split the stage budget over the (damped) blocks and solve each: ``(budgets, alloc, solutions, t)``."""
+                 curve_points: int, curve_solver: str, progress: bool, label: str, executor=None,
+                 structured: Sequence | None = None):
+    """Split the stage budget over the (damped) blocks and solve each: ``(budgets, alloc, solutions, t)``.
+
+    ``structured`` (one :class:`~cbs_opt.budget.Budget` per block, N:M or per row) fixes every block's
+    budget: nothing to split. Solves (and measured cost curves) run through ``executor``.
+    """
     options = dict(cand.options)
     t0 = time.perf_counter()
     cache: dict = {}
     alloc = None
-    if len(bl) == 1:
+    if structured is not None:
+        budgets = list(structured)
+    elif len(bl) == 1:
         budgets = np.array([m_new])
     elif allocation == "uniform":
         budgets = uniform_split([b.size for b in bl], m_new)
     else:
         curves, cache, full = block_curves(bl, m_new, cand.solver, seed=seed, time_limit=time_limit,
                                            options=options, points=curve_points, progress=progress,
-                                           curve_solver=curve_solver)
+                                           curve_solver=curve_solver, executor=executor)
         alloc = allocate(curves, m_new)
         alloc.exact = alloc.exact and full  # exact for the measured curves only when not interpolated
         budgets = alloc.counts
     t_curves = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sols = []
-    items = list(zip(range(len(bl)), bl, budgets))
-    if progress and len(bl) > 1:
-        from tqdm.auto import tqdm
-        items = tqdm(items, desc=f"{label} blocks", unit="block")
-    for b, block, m in items:
-        sol = cache.get((b, int(m)))
-        if sol is None:
-            sol = _solve(block.problem, int(m), cand.solver, seed, time_limit, options)
-        sols.append(sol)
+    sols = solve_blocks(bl, budgets, cand.solver, executor=executor, seed=seed, time_limit=time_limit,
+                        options=options, cache=cache, progress=progress and len(bl) > 1, release=False)
+    if structured is not None:
+        budgets = np.array([b.n_prune for b in structured])
     return budgets, alloc, sols, {"curves": t_curves, "solve": time.perf_counter() - t0}
 
 
@@ -440,17 +441,22 @@ def _values(bl, sols, update: bool, rule: Damping | None = None):
     return [b.problem.update(s.pruned) for b, s in zip(_damped_blocks(bl, rule), sols)]
 
 
-def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] = "auto", objective: str = "update",
+def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | Sequence[str] = "auto",
+          objective: str = "update",
           update: bool = True, n_samples: int = 1000, damping="auto",
           blocks: Literal["auto", "model", "layer", "row"] | int = "auto", loss="cross_entropy", device=None,
           seed: int = 0, inplace: bool = False, stages: int = 1, solver_options: dict[str, Any] | None = None,
           attach: Literal["direct", "torch_prune"] = "direct", progress: bool = False, *,
           params: Sequence[str] | None = None, batch_size: int = 1, time_limit: float | None = None,
-          schedule: str | Sequence[float] = "geometric", allocation: Literal["optimal", "uniform"] = "optimal",
+          schedule: str | Sequence[float] = "geometric",
+          allocation: Literal["optimal", "uniform"] | None = None,
           curve_points: int = 9, curve_solver: str = "auto", gradient: bool = False, chunk_size: int = 256,
           fisher_dtype: torch.dtype | None = None, select: str | bool | None = "auto",
           select_budget: float | None = 120.0, calibration: int = 5000,
-          recalibrate_bn: bool | None = None) -> PruneResult:
+          recalibrate_bn: bool | None = None, pattern: str | None = None, balanced: str | None = None,
+          curvature: Literal["fisher", "activations"] = "fisher", executor=None, jobs: int | None = None,
+          scheduler: str | None = None, memory_limit: int | None = None,
+          gradient_storage: Literal["memory", "disk"] = "memory", fisher_method: str = "auto") -> PruneResult:
     """Prune ``sparsity`` of the selected weights of ``model`` (one global budget) → :class:`PruneResult`.
 
     ``prune(model, data, sparsity)`` with nothing else uses the defaults chosen by measurement
@@ -495,7 +501,8 @@ def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] =
                 the Fisher from ``n_samples`` gradient rows (see :func:`cbs_opt.fisher.build_blocks`);
                 ``gradient=True`` adds the mean gradient as the first-order term
     blocks      "auto" (:func:`auto_blocks`), "model" (one block), "layer", "row", or a chunk size
-    allocation  "optimal" (per-block cost curves + exact split, see the module docstring) or "uniform";
+    allocation  "optimal" (per-block cost curves + exact split, see the module docstring; the default) or
+                "uniform" (the default of ``curvature="activations"``);
                 ``curve_points`` sets the curve grid for large blocks, ``curve_solver`` the backend that
                 measures the curves (see :func:`curve_solver_for`)
     stages, schedule
@@ -507,7 +514,35 @@ def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] =
     attach      "direct" (write zeros into the weights) or "torch_prune" (also register
                 ``torch.nn.utils.prune`` masks: ``weight_orig`` / ``weight_mask``)
     device      where to compute; the model must already be there (default: where it is)
+    pattern, balanced
+                structured sparsity (:mod:`cbs_opt.structured`): ``pattern="N:M"`` prunes ``M − N`` of every
+                ``M`` consecutive weights along the input dimension of each row (Linear: a row; Conv: the
+                flattened in×kh×kw of an output channel) — ``sparsity`` is implied and, if given, must
+                agree; ``balanced="row"`` prunes ``round(sparsity·L)`` of every row. Every block then has a
+                per-group budget (no split across blocks) and the written masks are checked. Layers whose
+                rows do not divide into groups of ``M`` are left dense with a warning (or refused when
+                named in ``params``)
+    curvature   "fisher" (default): the empirical Fisher of the loss; "activations": layer-wise
+                reconstruction, every row under its layer's ``XᵀX/n + λI`` from calibration inputs
+                (:func:`cbs_opt.layerwise.prune_layerwise`, one stage, sequential)
+    executor, jobs, scheduler
+                where the block solves and cost curves run (:mod:`cbs_opt.executors`): any object with
+                ``submit`` (a ``concurrent.futures`` executor, a Dask ``Client``), ``jobs=N`` local
+                processes, or ``scheduler="tcp://…"`` a Dask cluster; default this process
+    memory_limit, gradient_storage, fisher_method
+                the gradient phase (:func:`cbs_opt.fisher.build_blocks`): a byte budget refused up front
+                with ``MemoryLimitError``, ``"disk"`` for a memory-mapped ``G``, and ``"auto"`` / ``"hooks"``
+                / ``"vmap"`` / ``"loop"`` per-sample gradients
     """
+    if curvature not in ("fisher", "activations"):
+        raise InvalidArgumentError(f"curvature must be 'fisher' or 'activations', got {curvature!r}")
+    sparsity, structure = _structure_target(sparsity, pattern, balanced)
+    if curvature == "activations":
+        return _prune_activations(
+            model, data, sparsity, pattern=pattern, balanced=balanced, solver=solver, damping=damping,
+            n_samples=n_samples, stages=stages, objective=objective, update=update, seed=seed, inplace=inplace,
+            params=params, time_limit=time_limit, solver_options=solver_options, allocation=allocation,
+            curve_points=curve_points, progress=progress, executor=executor, jobs=jobs, scheduler=scheduler)
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     sparsity = _check_sparsity(sparsity)
@@ -515,6 +550,8 @@ def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] =
         raise InvalidArgumentError(f"stages must be a positive integer, got {stages!r}")
     if attach not in ("direct", "torch_prune"):
         raise InvalidArgumentError(f"attach must be 'direct' or 'torch_prune', got {attach!r}")
+    if allocation is None:
+        allocation = "optimal"
     if allocation not in ("optimal", "uniform"):
         raise InvalidArgumentError(f"allocation must be 'optimal' or 'uniform', got {allocation!r}")
     if isinstance(curve_points, bool) or not isinstance(curve_points, numbers.Integral) or curve_points < 2:
@@ -535,6 +572,9 @@ def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] =
     if hasattr(data, "__len__") and len(data) == 0:
         raise InvalidArgumentError("data is empty: need at least one (inputs, targets) batch")
     names = select_parameters(model, params)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n in names}
+    if pattern is not None:
+        names = _pattern_parameters(names, shapes, pattern, explicit=params is not None)
     check_device(model, device)
     schedule_values = sparsity_schedule(sparsity, int(stages), schedule)
     sizes = {n: p.numel() for n, p in model.named_parameters() if n in names}
@@ -576,6 +616,8 @@ def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] =
     if progress and stages > 1:
         from tqdm.auto import tqdm
         stage_iter = tqdm(stage_iter, desc="stages", unit="stage")
+    scope = contextlib.ExitStack()  # closes an executor prune() created, whatever happens in the stages
+    pool = scope.enter_context(executor_scope(executor, jobs, scheduler))
     try:
         target.eval()  # Fisher and evaluations in eval mode (no dropout draws, BatchNorm running stats)
         for k, stage_sparsity in stage_iter:
@@ -595,11 +637,22 @@ def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] =
             else:
                 stage_blocks = blocks
             # the Fisher once per stage, under the first candidate's damping (re-damped per candidate below)
+            last_blocks = []  # let the previous stage's gradients go before this stage's are computed
             bl = build_blocks(target, fisher_data, params=names, n_samples=n_samples, damping=cands[0].damping,
                               blocks=stage_blocks, loss=loss, seed=seed + k, device=device, objective=objective,
                               batch_size=batch_size, masks=keep, gradient=gradient, chunk_size=chunk_size,
-                              dtype=fisher_dtype, progress=progress)
+                              dtype=fisher_dtype, progress=progress, method=fisher_method,
+                              memory_limit=memory_limit, gradient_storage=gradient_storage)
             st["gradients"] = time.perf_counter() - t0
+            structured = None
+            if structure is not None:  # per-group counts of every block: this stage's share of the final ones
+                flat_keep = {n: keep[n] for n in names}
+                structured = [block_budget(b, shapes, pattern=pattern, balanced=balanced, sparsity=sparsity,
+                                           pruned_before=flat_keep, fraction=stage_sparsity / sparsity)
+                              for b in bl]
+                m_new = sum(b.n_prune for b in structured)
+                if m_new == 0:
+                    continue
 
             scorer = None
             if metric is not None:
@@ -611,7 +664,8 @@ def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] =
                 damped = _damped_blocks(bl, cand.damping)
                 budgets, alloc, sols, t = _solve_stage(
                     damped, m_new, cand, allocation=allocation, seed=seed, time_limit=time_limit,
-                    curve_points=int(curve_points), curve_solver=curve_solver, progress=progress, label=label)
+                    curve_points=int(curve_points), curve_solver=curve_solver, progress=progress, label=label,
+                    executor=pool, structured=structured)
                 st["curves"] += t["curves"]
                 st["solve"] += t["solve"]
                 return damped, budgets, alloc, sols
@@ -674,8 +728,11 @@ def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] =
             del bl, snapshot
     finally:
         _set_modes(target, modes)
+        scope.close()
 
     masks = {n: torch.as_tensor(keep[n].reshape(tensors[n].shape), device=tensors[n].device) for n in names}
+    if structure is not None:  # the hardware pattern is a promise: verify what was written
+        check_masks({n: keep[n] for n in names}, shapes, pattern=pattern, balanced=balanced, sparsity=sparsity)
     if attach == "torch_prune":
         from torch.nn.utils import prune as torch_prune
         for n in names:
@@ -691,6 +748,70 @@ def prune(model: nn.Module, data, sparsity: float, solver: str | Sequence[str] =
     return PruneResult(model=target, masks=masks, weights=weights, solutions=last_solutions, blocks=last_blocks,
                        stages=records, timings=timings, n_pruned=sum(int((~m).sum()) for m in keep.values()),
                        n_total=n_total)
+
+
+def _structure_target(sparsity, pattern, balanced) -> tuple[float, str | None]:
+    """The target sparsity and the structure kind ("pattern", "balanced" or None) of a prune() call."""
+    if pattern is not None and balanced is not None:
+        raise InvalidArgumentError("give pattern= or balanced=, not both")
+    if pattern is not None:
+        n, m = parse_pattern(pattern, "pattern")
+        implied = (m - n) / m
+        if sparsity is not None and abs(float(sparsity) - implied) > 1e-12:
+            raise InvalidArgumentError(f"pattern={pattern!r} implies sparsity {implied:g}, but sparsity={sparsity} "
+                                       "was given; leave sparsity out")
+        return implied, "pattern"
+    if balanced is not None:
+        if balanced not in BALANCED:
+            raise InvalidArgumentError(f"balanced must be one of {BALANCED}, got {balanced!r}")
+        if sparsity is None:
+            raise InvalidArgumentError("balanced='row' needs sparsity= (the fraction pruned in every row)")
+        return sparsity, "balanced"
+    if sparsity is None:
+        raise InvalidArgumentError("sparsity is required (or give pattern='N:M')")
+    return sparsity, None
+
+
+def _pattern_parameters(names: list[str], shapes: dict, pattern: str, *, explicit: bool) -> list[str]:
+    """The parameters an N:M pattern applies to: rows that divide into groups of M. Others are left dense
+    with a warning — or refused when the caller named them in ``params``."""
+    misfits = [n for n in names if not fits_pattern(shapes[n], pattern)]
+    if misfits and explicit:
+        raise InvalidArgumentError(f"pattern={pattern!r} needs rows divisible by its group size; "
+                                   f"params names {', '.join(misfits)} whose rows are not "
+                                   f"({', '.join(str(shapes[n]) for n in misfits)})")
+    if misfits:
+        warnings.warn(f"pattern={pattern!r}: leaving {', '.join(misfits)} dense (rows of "
+                      f"{', '.join(str(int(np.prod(shapes[n][1:]))) for n in misfits)} weights do not divide into "
+                      "groups); pass params= to choose the layers yourself", stacklevel=3)
+    kept = [n for n in names if n not in misfits]
+    if not kept:
+        raise InvalidArgumentError(f"pattern={pattern!r} fits none of the selected weights (row lengths "
+                                   f"{sorted({int(np.prod(shapes[n][1:])) for n in names})})")
+    return kept
+
+
+def _prune_activations(model, data, sparsity, *, pattern, balanced, solver, damping, n_samples, stages, objective,
+                       update, seed, inplace, params, time_limit, solver_options, allocation, curve_points,
+                       progress, executor, jobs, scheduler) -> PruneResult:
+    """``prune(..., curvature="activations")``: the layer-wise path (:func:`cbs_opt.layerwise.prune_layerwise`)."""
+    from .layerwise import prune_layerwise
+
+    unsupported = [name for name, bad in (("stages > 1", stages != 1), ("objective='selection'", objective != "update"),
+                                          ("balanced=", balanced is not None),
+                                          ("executor/jobs/scheduler", any(v is not None for v in (executor, jobs, scheduler))))
+                   if bad]
+    if unsupported:
+        raise InvalidArgumentError(f"curvature='activations' does not take {', '.join(unsupported)} "
+                                   "(it prunes layer by layer in one sequential pass)")
+    if isinstance(solver, (list, tuple)):
+        raise InvalidArgumentError("curvature='activations' takes one solver (or 'auto'), not a list")
+    if damping == "auto":
+        damping = Damping.of_diagonal(0.01)  # SparseGPT's percdamp; measured in docs/benchmarks/layerwise.md
+    return prune_layerwise(model, data, sparsity, solver=solver, n_samples=n_samples, damping=damping,
+                           allocation=allocation or "uniform", seed=seed, time_limit=time_limit,
+                           solver_options=solver_options, params=params, inplace=inplace, progress=progress,
+                           pattern=pattern, update="optimal" if update else "none", curve_points=curve_points)
 
 
 def _count(data, limit: int) -> int:

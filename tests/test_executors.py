@@ -158,3 +158,36 @@ def test_resolve_executor_and_map_blocks():
         resolve_executor(executor=object())
     with pytest.raises(ZeroDivisionError):  # a failing call surfaces as itself
         map_blocks(InlineExecutor(), lambda a: 1 / a, [1, 0])
+
+
+# ---- prune() and the CLI through a cluster ---------------------------------------------------------
+def _digits():
+    from cbs_opt.digits import digits_model
+    model, data = digits_model()
+    return model, (data.x_train, data.y_train)
+
+
+def test_prune_through_dask_equals_in_process(client):
+    from cbs_opt import prune
+
+    model, data = _digits()
+    kwargs = dict(solver="update_swap", damping=1e-4, blocks="row", n_samples=120, select=None, seed=0)
+    local = prune(model, data, 0.6, **kwargs)
+    remote = prune(model, data, 0.6, executor=client, **kwargs)
+    for name in local.masks:
+        assert torch.equal(local.masks[name], remote.masks[name])
+        assert torch.allclose(local.weights[name], remote.weights[name], atol=1e-12, rtol=0)
+    assert remote.sparsity == local.sparsity
+
+
+def test_cli_scheduler_runs_prune_and_study(cluster, tmp_path, capsys):
+    from cbs_opt.cli import main
+
+    address = cluster.scheduler_address
+    assert main(["prune", "--model", "digits", "--sparsity", "0.5", "--solver", "obs", "--blocks", "layer",
+                 "--n-samples", "80", "--scheduler", address, "-q"]) == 0
+    assert "sparsity 0.5000" in capsys.readouterr().out
+    assert main(["study", "--family", "lowrank", "--size", "8", "--solver", "enumerate", "--solver", "greedy_swap",
+                 "--sparsity", "0.5", "--scheduler", address, "-q"]) == 0
+    assert main(["prune", "--model", "digits", "--sparsity", "0.5", "--jobs", "2", "--scheduler", address]) == 2
+    assert "not allowed with" in capsys.readouterr().err
