@@ -361,3 +361,23 @@ def test_iht_grouped_projection_is_monotone_and_feasible():
     assert sol.info["iterations"] >= 1
     kicked = solve(prob, "update_swap", init="magnitude", kicks=3, seed=1)
     assert prob.budget.is_satisfied(kicked.pruned) and kicked.objective <= start
+
+
+def test_update_search_uses_a_p_by_p_factor_when_samples_outnumber_weights():
+    """Issue 15 item 16: a 16-weight block with N = 1000 must not factor a 1000 × 1000 kernel per solve.
+    The triangular factor R (RᵀR = AᵀA) defines the same F, so the objective of every set is unchanged."""
+    import itertools
+
+    import torch
+
+    from cbs_opt.instances import random_problem
+    from solvers.kernels.update_moves import LowRankForm
+
+    prob = random_problem(10, 400, sparsity=0.5, seed=2)
+    form = LowRankForm.from_problem(prob)
+    assert tuple(form.A.shape) == (10, 10)
+    F_small = form.A.T @ form.A + form.damping * torch.eye(10, dtype=form.A.dtype)
+    assert np.allclose(F_small.numpy(), prob.curvature.dense(), rtol=1e-10, atol=1e-12)
+    best = min(itertools.combinations(range(10), 5), key=lambda s: prob.objective(np.array(s)))
+    sol = solvers.solve(prob, "update_swap", seed=0)
+    assert sol.objective <= prob.objective(np.array(best)) * (1 + 1e-9) + 1e-15  # still optimal here
