@@ -3,10 +3,14 @@ peak resident memory and seconds per phase (gradients, cost curves, solves, writ
 
     python benchmarks/scale.py --model resnet20 --n 1000 --blocks layer --solver magnitude
     python benchmarks/scale.py --model resnet18 --n 256 --blocks 10000 --sparsity 0.9
+    python benchmarks/scale.py --model resnet50 --n 256 --blocks layer --solver magnitude --damping 1e-3 \
+        --sparsity 0.9 --storage disk                   # issue 11's 25 M-weight acceptance run (~15 min)
     python benchmarks/scale.py --model resnet20 --gradients-only --method vmap   # per-sample gradient phase alone
 
-Each invocation is one run in a fresh process, so ``ru_maxrss`` is that run's peak. ``--json PATH``
-appends the result as one JSON line. The networks:
+Each invocation is one run in a fresh process, so ``ru_maxrss`` is that run's peak; the peak of each phase
+is sampled (``phase_peak_rss_gb``) and the load average is recorded at the start and the end. ``--json PATH``
+appends the result as one JSON line. ``--storage disk`` keeps G in a memory-mapped temporary file
+(``--storage-dir``, default the system temp folder). The networks:
 
 * ``resnet20``  — CIFAR ResNet20 (3 stages × 3 basic blocks, 16/32/64 channels, 1×1 downsample
   shortcuts with BatchNorm): 270,896 conv/fc weights;
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
+import threading
 import time
 
 import torch
@@ -113,6 +119,81 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+def current_rss_gb() -> float:
+    """Resident set size now (``VmRSS``, Linux), in GiB; 0 where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+class PhaseRss:
+    """Peak resident memory per phase, sampled every ``interval`` seconds by a daemon thread.
+
+    The phase is set by wrappers around prune's steps (build_blocks → ``gradients``, block_curves →
+    ``curves``, the block solves → ``solve``, _write → ``write``). Sampling can miss a spike shorter
+    than the interval; the exact whole-run peak is ``ru_maxrss`` (and ``/usr/bin/time -v``).
+    """
+
+    def __init__(self, interval: float = 0.05):
+        self.phase, self.peaks, self.interval = "setup", {}, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.interval)
+
+    def sample(self):
+        rss = current_rss_gb()
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+
+    def enter(self, phase: str):
+        self.sample()
+        self.phase = phase
+        self.sample()
+
+    def stop(self) -> dict:
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v, 3) for k, v in self.peaks.items()}
+
+
+def wrap_phases(prune_module, fisher_module, tracker: PhaseRss, pinned: dict) -> None:
+    """Wrap the steps of ``cbs_opt.prune`` to mark the phases (and pass the pinned Fisher options)."""
+    build, curves, write = fisher_module.build_blocks, prune_module.block_curves, prune_module._write
+
+    def build_blocks(*a, **k):
+        tracker.enter("gradients")
+        try:
+            return build(*a, **{**k, **pinned})
+        finally:
+            tracker.enter("curves")  # what follows build_blocks: the cost curves (or the solves of one block)
+
+    def block_curves(*a, **k):
+        tracker.enter("curves")
+        try:
+            return curves(*a, **k)
+        finally:
+            tracker.enter("solve")
+
+    def write_values(*a, **k):
+        tracker.enter("write")
+        try:
+            return write(*a, **k)
+        finally:
+            tracker.enter("after")
+
+    prune_module.build_blocks, prune_module.block_curves, prune_module._write = build_blocks, block_curves, write_values
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet18", "resnet50"])
@@ -124,6 +205,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--damping", default=None, help="prune's damping (a number or 'relative:α'); default: prune's")
     ap.add_argument("--method", default="auto", choices=["auto", "hooks", "vmap", "loop"])
     ap.add_argument("--storage", default="memory", choices=["memory", "disk"])
+    ap.add_argument("--storage-dir", default=None, help="folder of the memory-mapped G (--storage disk)")
     ap.add_argument("--compact", default="auto", choices=["auto", "on", "off"],
                     help="float32-factor blocks (auto: blocks whose float64 problem would exceed 256 MiB)")
     ap.add_argument("--memory-limit-gb", type=float, default=None)
@@ -143,22 +225,22 @@ def main(argv=None) -> dict:
         pinned["compact"] = args.compact == "on"
     if args.storage != "memory":
         pinned["gradient_storage"] = args.storage
-    if pinned and not args.gradients_only:
-        # prune() does not take these Fisher options: pin them for this process instead
+        if args.storage_dir:
+            pinned["storage_dir"] = args.storage_dir
+    tracker = PhaseRss()
+    if not args.gradients_only:
+        # prune() does not take these Fisher options: pin them for this process instead, and mark the phases
         import importlib
         fisher = importlib.import_module("cbs_opt.fisher")
         prune_module = importlib.import_module("cbs_opt.prune")  # the module (cbs_opt.prune is also the function)
-        fisher_build = fisher.build_blocks
-
-        def build_with_options(*a, **k):
-            return fisher_build(*a, **{**k, **pinned})
-        prune_module.build_blocks = build_with_options
+        wrap_phases(prune_module, fisher, tracker, pinned)
     model = make_model(args.model)
     x, y = make_data(args.n)
     n_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     result = {"model": args.model, "weights": n_weights, "N": args.n, "blocks": args.blocks, "solver": args.solver,
               "sparsity": args.sparsity, "method": args.method, "storage": args.storage, "compact": args.compact,
-              "damping": args.damping,
+              "damping": args.damping, "allocation": args.allocation,
+              "load_start": [round(v, 2) for v in os.getloadavg()],
               "rss_after_setup_gb": round(peak_rss_gb(), 3)}
     limit = None if args.memory_limit_gb is None else int(args.memory_limit_gb * 2**30)
     start = time.perf_counter()
@@ -179,6 +261,8 @@ def main(argv=None) -> dict:
         result.update(n_blocks=len(res.blocks), achieved=round(res.sparsity, 6))
         if args.masks_out:
             torch.save({k: v.cpu() for k, v in res.masks.items()}, args.masks_out)
+    result["phase_peak_rss_gb"] = tracker.stop()
+    result["load_end"] = [round(v, 2) for v in os.getloadavg()]
     result["peak_rss_gb"] = round(peak_rss_gb(), 3)
     print(json.dumps(result))
     if args.json:

@@ -29,6 +29,10 @@ full ``N × p`` copy is ever made. A :class:`Block` builds its float64 :class:`P
 blocks are upcast one at a time, and ``block.release()`` frees one as soon as it is solved. A block too
 large to upcast (``compact``) is stored as the float32 factor ``A = G_b/√N`` and its problem computes on
 that storage directly (float64 arithmetic over column chunks; see :class:`~cbs_opt.curvature.LowRankCurvature`).
+On disk every block is row-major (a chunk of rows is one contiguous write), and the file pages of ``G``
+are handed back to the kernel (``madvise(MADV_DONTNEED)``; nothing is lost) as soon as a chunk of rows
+is written and when a block's problem leaves the cache, so the resident set holds about one block of
+``G`` at a time rather than the whole file.
 ``memory_limit`` (bytes) refuses up front, with :class:`MemoryLimitError`, a layout that cannot fit.
 Each problem has ``n_prune=0``; callers pick the budget with ``block.problem.with_n_prune(m)``.
 """
@@ -37,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import mmap
 import numbers
 import os
 import tempfile
@@ -599,13 +604,17 @@ class _ProblemCache:
             self.items.move_to_end(key)
             return self.items[key][0]
         problem = block.make_problem()
-        self.items[key] = (problem, block.nbytes)
-        while len(self.items) > 1 and sum(b for _, b in self.items.values()) > self.capacity:
-            self.items.popitem(last=False)
+        # A disk-backed block's gradients become resident as its problem reads them: count them too.
+        self.items[key] = (problem, block.nbytes + _mapped_nbytes(block.grads), block.grads)
+        while len(self.items) > 1 and sum(entry[1] for entry in self.items.values()) > self.capacity:
+            _, (_, _, grads) = self.items.popitem(last=False)
+            _drop_pages(grads)  # hand the evicted block's file pages back (no-op in RAM)
         return problem
 
     def drop(self, block: "Block") -> None:
-        self.items.pop(block._key, None)
+        entry = self.items.pop(block._key, None)
+        if entry is not None:
+            _drop_pages(entry[2])
 
     def clear(self) -> None:
         self.items.clear()
@@ -619,7 +628,7 @@ class Block:
     float64 problem ``F = G_bᵀG_b/N + λ_b I`` only when asked: :attr:`problem` (cached, in a cache
     shared by the blocks of one call and bounded in bytes) or :meth:`make_problem` (a fresh one,
     not cached). :meth:`release` frees the cached one once the block is solved. A ``compact`` block stores
-    ``A = G_b/√N`` (column-major float32) in ``grads`` instead, and its problem works on that storage
+    ``A = G_b/√N`` (float32; column-major in RAM, row-major on disk) in ``grads`` instead, and its problem works on that storage
     without any float64 copy. A block can also wrap a ready ``problem``.
 
     ``problem`` has ``n_prune=0`` (use ``problem.with_n_prune(m)``); ``param_slices`` maps its
@@ -689,6 +698,7 @@ class Block:
             return Problem(weights=self.weights, curvature=curvature, n_prune=0, objective=self.objective,
                            gradient=gradient)
         grads = np.array(self.grads, dtype=np.float64)  # the block's one float64 copy
+        _drop_pages(self.grads)  # the copy is what the problem reads; the file pages can go
         grads.flags.writeable = False
         gradient = grads.mean(axis=0) if self.with_gradient else None
         curvature = LowRankCurvature(grads, self.damping)
@@ -702,6 +712,7 @@ class Block:
             if self.grads is not None:
                 scale = self.grads.shape[0] if self.compact else 1.0  # Σ A² = Σ G² / N
                 self.info["mean_diagonal"] = _mean_square(self.grads) * scale
+                _drop_pages(self.grads)
             else:
                 curv = self.problem.curvature
                 self.info["mean_diagonal"] = float(np.mean(curv.diagonal()) - curv.damping)
@@ -833,6 +844,60 @@ def _mean_square(g: np.ndarray) -> float:
     return total / max(1, g.size)
 
 
+def _byte_bounds(arr: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last byte addresses of ``arr`` (numpy ≥ 2: ``np.lib.array_utils.byte_bounds``)."""
+    utils = getattr(np.lib, "array_utils", None)
+    return (utils.byte_bounds if utils is not None else np.byte_bounds)(arr)
+
+
+def _mapped_base(arr) -> tuple[int, "mmap.mmap"] | None:
+    """``(address of the mapping's first byte, mmap)`` when ``arr`` views a memory-mapped file, else None."""
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, mmap.mmap):
+        return None
+    try:
+        start = np.frombuffer(base, dtype=np.uint8, count=1).__array_interface__["data"][0]
+    except (ValueError, TypeError, BufferError):  # an empty or closed mapping
+        return None
+    return start, base
+
+
+def _mapped_nbytes(arr) -> int:
+    """Bytes of ``arr`` that live in a memory-mapped file (its pages become resident when read), else 0."""
+    if not isinstance(arr, np.ndarray) or arr.size == 0 or _mapped_base(arr) is None:
+        return 0
+    lo, hi = _byte_bounds(arr)
+    return int(hi - lo)
+
+
+def _drop_pages(arr) -> None:
+    """Unmap the resident pages under a memory-mapped ``arr`` (``madvise(MADV_DONTNEED)``); no-op otherwise.
+
+    For a shared file mapping this loses nothing — dirty pages pass to the page cache, which writes them
+    back, and the next access faults them in again from there or from the file — but the pages stop
+    counting in this process's resident set. Disk-backed ``G`` relies on it to keep the RSS at about one
+    block (and one chunk of rows while the gradients are written) instead of the whole file. The range is
+    widened to whole pages; a neighbour's page dropped with it is simply read back when touched.
+    """
+    if not isinstance(arr, np.ndarray) or arr.size == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    found = _mapped_base(arr)
+    if found is None:
+        return
+    start, mapping = found
+    lo, hi = _byte_bounds(arr)
+    first = (lo - start) // mmap.PAGESIZE * mmap.PAGESIZE
+    length = min(hi - start, len(mapping)) - first
+    if length <= 0:
+        return
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED, int(first), int(length))
+    except (OSError, ValueError):  # only a hint: the data is safe either way
+        pass
+
+
 def _gradient_storage(n_values: int, dtype: np.dtype, storage: str, directory) -> np.ndarray:
     """A flat buffer for ``n_values`` gradient entries: RAM, or a temporary memory-mapped file."""
     if storage == "memory":
@@ -955,9 +1020,12 @@ def build_blocks(model: nn.Module, data, *, params: Sequence[str] | None = None,
     views, routes, off = [], {n: [] for n in names}, 0
     inv_sqrt_n = 1.0 / math.sqrt(rows)
     for (block_name, parts, _), p_b, is_compact in zip(regions, sizes, compacts):
-        # A compact block is stored column-major: its columns (what the chunked products read) are
-        # contiguous, and Aᵀ is a ready contiguous (p, N) matrix for the torch backends.
-        view = buffer[off:off + rows * p_b].reshape(p_b, rows).T if is_compact \
+        # A compact block in RAM is stored column-major: its columns (what the chunked products read) are
+        # contiguous, and Aᵀ is a ready contiguous (p, N) matrix for the torch backends. On disk every
+        # block is row-major, so that a chunk of rows is one contiguous write (column-major, each chunk
+        # would touch, and re-read from the file, every page of G).
+        column_major = is_compact and gradient_storage == "memory"
+        view = buffer[off:off + rows * p_b].reshape(p_b, rows).T if column_major \
             else buffer[off:off + rows * p_b].reshape(rows, p_b)
         views.append(view)
         col = 0
@@ -968,6 +1036,8 @@ def build_blocks(model: nn.Module, data, *, params: Sequence[str] | None = None,
             col += ix.size
         off += rows * p_b
 
+    on_disk = gradient_storage == "disk"
+
     def sink(start: int, stop: int, name: str, values: torch.Tensor) -> None:
         values = values.detach()
         for view, c0, c1, src, scale in routes[name]:
@@ -975,6 +1045,8 @@ def build_blocks(model: nn.Module, data, *, params: Sequence[str] | None = None,
             if scale is not None:  # a compact block stores A = G/√N
                 part = part * scale
             view[start:stop, c0:c1] = part.cpu().numpy()
+            if on_disk:  # the written rows go to the page cache / file, not this process's RSS
+                _drop_pages(view[start:stop])
 
     used = _stream_gradients(model, x[:usable], y[:usable], names, loss, dtype=dtype, batch_size=batch_size,
                              chunk_size=chunk_size, device=dev, method=method, progress=progress,
@@ -994,6 +1066,7 @@ def build_blocks(model: nn.Module, data, *, params: Sequence[str] | None = None,
             info["compact"] = True
         if damping_rule.relative:
             info["mean_diagonal"] = _mean_square(view) * (rows if is_compact else 1.0)
+            _drop_pages(view)
             lam = damping_rule.resolve(info["mean_diagonal"])
         else:
             lam = damping_rule.value
