@@ -61,7 +61,7 @@ import numpy as np
 
 from .base import BackendResult, Deadline, Status
 from .exact_bnb import CutPool, branch_and_bound, initial_incumbent, top_keep
-from .exact_core import Clock, check_memory, group_spec, make_oracle, oracle_bytes
+from .exact_core import Clock, check_memory, group_spec, make_oracle, oracle_bytes, wrap_up_reserve
 from .kernels.pyomo_model import ENGINES, build_model, export_model, solve_with_engine
 from .registry import register
 
@@ -322,7 +322,7 @@ def solve_miqp(problem, *, seed: int, time_limit, progress: bool, engine: str = 
         raise ValueError(f"node_limit must be a positive integer or None, got {node_limit!r}")
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-    deadline = Clock(time_limit)
+    deadline = Clock(None if time_limit is None else time_limit - wrap_up_reserve(time_limit, problem.p))
     if engine == "highs":
         check_miqp_memory(problem)
         return _solve_highs(problem, deadline=deadline, progress=progress, rel_gap=float(rel_gap),

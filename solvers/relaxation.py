@@ -38,7 +38,7 @@ import numpy as np
 from .base import BackendResult, Deadline, Status
 from .exact_bnb import relax_node
 from .exact_core import (_PARTITION_FROM, Clock, affords, check_memory, group_spec, grouped_smallest,
-                         linear_min, make_oracle, oracle_bytes, smallest)
+                         linear_min, make_oracle, oracle_bytes, smallest, wrap_up_reserve)
 from .registry import register
 
 __all__ = ["solve_relaxation", "relaxation_point", "check_relaxation_memory", "HIGHS_MAX_P"]
@@ -290,7 +290,7 @@ def solve_relaxation(problem, *, seed: int, time_limit, progress: bool, rounds: 
     tighten the certified bound from the QP point. Status "optimal" only when the rounding meets the bound.
     """
     p, k = problem.p, problem.n_keep
-    deadline = Clock(time_limit)
+    deadline = Clock(None if time_limit is None else time_limit - wrap_up_reserve(time_limit, problem.p))
     if k in (0, p):  # nothing to choose
         pruned = np.arange(p) if k == 0 else np.zeros(0, dtype=np.intp)
         value = problem.objective(pruned)
