@@ -79,6 +79,11 @@ def is_dask_client(executor) -> bool:
 
 def _init_worker(threads: int | None) -> None:
     """Process-pool initializer: ``threads`` BLAS/torch threads per worker (the pool is the parallelism)."""
+    limit_threads(threads)
+
+
+def limit_threads(threads: int | None) -> None:
+    """``threads`` BLAS/OpenMP/torch threads in this process (``None``: leave the libraries' defaults)."""
     if threads is None:
         return
     os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from ..executors import InlineExecutor, ensure_backend, is_dask_client, portable_backend, resolve_executor
+from ..executors import (InlineExecutor, ensure_backend, is_dask_client, limit_threads, portable_backend,
+                         resolve_executor)
 from ..problem import Problem
 from .checks import validate
 from .records import RECORD_FIELDS, NetworkRecord, Record, ValidationFailure
@@ -113,21 +114,7 @@ def _init_worker(n: int | None) -> None:
             os.dup2(null.fileno(), 1)
     except OSError:  # pragma: no cover
         pass
-    _limit_threads(n)
-
-
-def _limit_threads(n: int | None) -> None:
-    """``n`` BLAS/torch threads in this process (the pool is the parallelism)."""
-    if n is None:
-        return
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(n)
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-        pass
-    import torch
-    torch.set_num_threads(n)
+    limit_threads(n)
 
 
 @contextlib.contextmanager
