@@ -52,7 +52,7 @@ from .budget import parse_pattern
 from .curvature import DenseCurvature
 from .damping import Damping, as_damping
 from .errors import ArgumentTypeError, InvalidArgumentError, ModelNotSupportedError, UnsupportedProblemError
-from .fisher import Block, ParamSlice, collect_samples, select_parameters
+from .fisher import Block, ParamSlice, collect_samples, eval_mode, select_parameters
 from .problem import Problem
 from .prune import PruneResult, StageRecord, _check_sparsity, block_curves
 
@@ -226,12 +226,8 @@ def collect_layer_statistics(model: nn.Module, data, *, params: Sequence[str] | 
     """
     names = select_parameters(model, params)
     inputs = _calibration_inputs(data, n_samples, seed)
-    modes = _modes(model)
-    try:
-        model.eval()
+    with eval_mode(model):
         return _calibrate(model, inputs, names, batch_size=batch_size)
-    finally:
-        _restore_modes(model, modes)
 
 
 def layer_curvature(stats: LayerStats, damping) -> DenseCurvature:
@@ -249,16 +245,6 @@ def layer_reconstruction(H: np.ndarray, W: np.ndarray, X: np.ndarray) -> tuple[f
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-def _modes(model: nn.Module) -> dict[str, bool]:
-    return {name: m.training for name, m in model.named_modules()}
-
-
-def _restore_modes(model: nn.Module, modes: dict[str, bool]) -> None:
-    for name, m in model.named_modules():
-        if name in modes:
-            m.training = modes[name]
-
-
 def _calibration_inputs(data, n_samples: int, seed: int) -> torch.Tensor:
     """Calibration inputs: a tensor/array of inputs (a seeded subset), or ``(inputs, targets)`` data."""
     if isinstance(data, np.ndarray):
@@ -406,10 +392,8 @@ def prune_layerwise(model: nn.Module, data, sparsity: float = 0.5, *,
     start_all = time.perf_counter()
     inputs = _calibration_inputs(data, int(n_samples), seed)
     target = model if inplace else copy.deepcopy(model)
-    modes = _modes(target)
     timings = {"statistics": 0.0, "curves": 0.0, "solve": 0.0, "write": 0.0}
-    try:
-        target.eval()
+    with eval_mode(target):
         order, calls = _forward_order(target, inputs[:1], names)
         tensors = dict(target.named_parameters())
         shapes = {n: (tensors[n].shape[0], tensors[n][0].numel()) for n in order}
@@ -545,8 +529,6 @@ def prune_layerwise(model: nn.Module, data, sparsity: float = 0.5, *,
                 all_blocks += write(n, W, problems, sols)
                 all_sols += sols
                 budgets.update({f"{n}[{r}]": int(s.pruned.size) for r, s in enumerate(sols)})
-    finally:
-        _restore_modes(target, modes)
 
     masks, weights = {}, {}
     for n in order:

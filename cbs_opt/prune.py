@@ -57,7 +57,8 @@ from .batchnorm import batchnorm_modules, has_batchnorm, recalibrate_batchnorm
 from .damping import Damping, as_damping
 from .executors import block_costs, executor_scope, solve_blocks
 from .errors import ArgumentTypeError, InvalidArgumentError
-from .fisher import Block, _is_pair_of_tensors, build_blocks, check_device, collect_samples, select_parameters
+from .fisher import (Block, _is_pair_of_tensors, build_blocks, check_device, collect_samples, eval_mode,
+                     select_parameters)
 from .budget import parse_pattern
 from .selection import CalibrationScorer, select_best
 from .structured import BALANCED, block_budget, check_masks, fits_pattern
@@ -257,11 +258,6 @@ def _budget_grid(size: int, fraction: float, points: int) -> np.ndarray:
     return np.unique(np.round(np.concatenate([coarse, fine, [fraction]]) * size).astype(np.int64))
 
 
-def _solve(problem, m: int, solver: str, seed: int, time_limit, options: dict):
-    return solvers.solve(problem.with_n_prune(int(m)), solver=solver, seed=seed, time_limit=time_limit,
-                         **options)
-
-
 def score_curve(problem) -> np.ndarray:
     """``c(m)`` = the update cost of pruning nothing plus the ``m`` smallest single-weight OBS scores
     ``w̃_i²/(2[F⁻¹]_ii)`` — the cost curve that ignores interactions between pruned weights (WoodFisher's
@@ -379,16 +375,6 @@ class _ModelState:
             self.live[n].data.copy_(value)
         for (layer, key), (buf, value) in self.buffers.items():
             buf.copy_(value)
-
-
-def _modes(model: nn.Module) -> dict[str, bool]:
-    return {name: m.training for name, m in model.named_modules()}
-
-
-def _set_modes(model: nn.Module, modes: dict[str, bool]) -> None:
-    for name, m in model.named_modules():
-        if name in modes:
-            m.training = modes[name]
 
 
 # -- one stage ---------------------------------------------------------------------------------------
@@ -604,7 +590,6 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
     need_calib = metric is not None or use_bn
 
     start_all = time.perf_counter()
-    modes = _modes(model)
     target = model if inplace else copy.deepcopy(model)
     tensors = dict(target.named_parameters())
     live = {n: tensors[n].data for n in names}
@@ -620,8 +605,10 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
         stage_iter = tqdm(stage_iter, desc="stages", unit="stage")
     scope = contextlib.ExitStack()  # closes an executor prune() created, whatever happens in the stages
     pool = scope.enter_context(executor_scope(executor, jobs, scheduler))
+    # Fisher and evaluations in eval mode (no dropout draws, BatchNorm running stats); every submodule's
+    # own train/eval flag comes back when the scope closes
+    scope.enter_context(eval_mode(target))
     try:
-        target.eval()  # Fisher and evaluations in eval mode (no dropout draws, BatchNorm running stats)
         for k, stage_sparsity in stage_iter:
             n_pruned = sum(int((~m).sum()) for m in keep.values())
             m_new = max(0, int(round(stage_sparsity * n_total)) - n_pruned)
@@ -730,7 +717,6 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
             last_blocks, last_solutions = damped, sols
             del bl, snapshot
     finally:
-        _set_modes(target, modes)
         scope.close()
 
     masks = {n: torch.as_tensor(keep[n].reshape(tensors[n].shape), device=tensors[n].device) for n in names}
