@@ -263,6 +263,22 @@ class SearchResult:
     refused_batches: int = 0
 
 
+def _verify_batch(n: int, out_pos, in_pos, deltas, wX, fsX, C, gX):
+    """Recompute a batch of swaps exactly on the candidate set: ``d`` removes ``w`` at ``out_pos`` and restores
+    it at ``in_pos``; the selection objective changes by ``dᵀ(F s) + ½ dᵀCd − gᵀd``. The batch is accepted
+    only when that change is negative and matches the sum of the predicted swap deltas (rounding guard).
+    Returns ``(d, exact change, predicted change, accepted)``."""
+    d = np.zeros(n)
+    d[out_pos] = -wX[out_pos]
+    d[in_pos] = wX[in_pos]
+    exact = float(d @ fsX + 0.5 * d @ C @ d)
+    if gX is not None:
+        exact -= float(gX @ d)
+    predicted = float(np.sum(deltas))
+    tol = 1e-8 * (abs(predicted) + float(np.abs(d) @ np.abs(fsX)) + float(np.abs(d) @ np.abs(C) @ np.abs(d)))
+    return d, exact, predicted, exact < 0 and abs(exact - predicted) <= tol
+
+
 def greedy_swap_search(op: TorchCurvature, weights, pruned, gradient=None, *, epsilon: float = 5e-5,
                        rho: int = 100, tau: int = 20, max_passes: int = 100, block_size: int = 64,
                        stop_rule: str = "top_pair", deadline: Deadline | None = None,
@@ -380,15 +396,8 @@ def greedy_swap_search(op: TorchCurvature, weights, pruned, gradient=None, *, ep
                         break
             r = r1
             if acc_a:
-                d = np.zeros(X.numel())
-                d[acc_a] = -wX[acc_a]
-                d[acc_j] = wX[acc_j]
-                exact = float(d @ fsX + 0.5 * d @ C @ d)
-                if gX is not None:
-                    exact -= float(gX @ d)
-                predicted = float(np.sum(acc_delta))
-                tol = 1e-8 * (abs(predicted) + float(np.abs(d) @ np.abs(fsX)) + float(np.abs(d) @ np.abs(C) @ np.abs(d)))
-                if not (exact < 0 and abs(exact - predicted) <= tol):
+                d, exact, predicted, verified = _verify_batch(X.numel(), acc_a, acc_j, acc_delta, wX, fsX, C, gX)
+                if not verified:
                     refused = True                       # never expected: rounding broke the algebra
                     result.refused_batches += 1
                     break
@@ -558,15 +567,8 @@ def grouped_swap_search(op: TorchCurvature, weights, pruned, groups, gradient=No
                     acc_j.append(jx)
                     acc_delta.append(float(delta[t]))
             if acc_a:
-                d = np.zeros(X_np.size)
-                d[acc_a] = -wX[acc_a]
-                d[acc_j] = wX[acc_j]
-                exact = float(d @ fsX + 0.5 * d @ C @ d)
-                if gX is not None:
-                    exact -= float(gX @ d)
-                predicted = float(np.sum(acc_delta))
-                tol = 1e-8 * (abs(predicted) + float(np.abs(d) @ np.abs(fsX)) + float(np.abs(d) @ np.abs(C) @ np.abs(d)))
-                if not (exact < 0 and abs(exact - predicted) <= tol):
+                d, exact, predicted, verified = _verify_batch(X_np.size, acc_a, acc_j, acc_delta, wX, fsX, C, gX)
+                if not verified:
                     result.refused_batches += 1
                     stopped = "refused_batch"
                     break
