@@ -58,6 +58,16 @@ _nonneg_float = _float_in(lambda v: v >= 0, "expected a non-negative number")
 _sparsity = _float_in(lambda v: 0.0 <= v <= 1.0, "sparsity must be in [0, 1] (a fraction of the weights)")
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -410,8 +420,8 @@ def cmd_prune(args) -> int:
                                 ("n_samples", args.n_samples)) if v is not None}
     if args.sparsity is None and args.pattern is None:
         raise UserError("give --sparsity S (a fraction of the weights) or --pattern N:M")
-    chosen.update({k: v for k, v in (("pattern", args.pattern), ("jobs", args.jobs), ("scheduler", args.scheduler))
-                   if v is not None})
+    chosen.update({k: v for k, v in (("pattern", args.pattern), ("jobs", args.jobs), ("scheduler", args.scheduler),
+                                     ("refits", args.refits)) if v is not None})
     if args.curvature != "fisher":
         chosen["curvature"] = args.curvature
     result = prune(model, train, args.sparsity, objective=args.objective, seed=args.seed or 0, stages=args.stages, solver_options=options,
@@ -588,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--damping", type=_nonneg_float, default=None, help="Fisher damping (default 1e-4 "
                                                                          "digits, 1e-3 mlpnet)")
     p.add_argument("--stages", type=_positive_int, default=1, help="gradual pruning stages")
+    p.add_argument("--refits", type=_nonneg_int, default=None, metavar="R",
+                   help="first-order refit passes after each stage (default: prune()'s, 4 with a "
+                        "cross-entropy/NLL loss; 0 turns them off)")
     p.add_argument("--pattern", metavar="N:M", default=None,
                    help="structured N:M sparsity (e.g. 2:4; --sparsity is then implied and may be left out)")
     p.add_argument("--curvature", choices=("fisher", "activations"), default="fisher",

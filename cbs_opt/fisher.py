@@ -706,6 +706,20 @@ class Block:
                        gradient=gradient)
 
     @property
+    def mean_gradient(self) -> np.ndarray:
+        """``ḡ = mean of the gradient rows`` over the block's coordinates (float64), cached: the first-order
+        term of the block's loss model at its current weights."""
+        if "mean_gradient" not in self.info:
+            if self.grads is None:
+                gradient = self.problem.gradient
+                self.info["mean_gradient"] = np.zeros(self.size) if gradient is None else gradient
+            else:
+                scale = np.sqrt(self.grads.shape[0]) if self.compact else 1.0  # A = G/√N
+                self.info["mean_gradient"] = _column_means(self.grads) * scale
+                _drop_pages(self.grads)
+        return self.info["mean_gradient"]
+
+    @property
     def mean_diagonal(self) -> float:
         """``mean(diag(G_bᵀG_b/N))``: the block's undamped curvature scale (for relative damping), cached."""
         if "mean_diagonal" not in self.info:

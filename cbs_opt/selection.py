@@ -19,13 +19,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import ArgumentTypeError, InvalidArgumentError
 from .fisher import LossSpec, resolve_loss
 
-__all__ = ["CalibrationScorer", "select_best", "Selection", "METRICS"]
+__all__ = ["CalibrationScorer", "select_best", "Selection", "METRICS", "significantly_better"]
 
 METRICS = ("loss", "accuracy")
 T = TypeVar("T")
@@ -62,28 +63,64 @@ class CalibrationScorer:
     def n_samples(self) -> int:
         return int(self.inputs.shape[0])
 
-    @torch.no_grad()
     def __call__(self, model: nn.Module) -> float:
+        return float(self.chunk_scores(model, 1)[0])
+
+    def chunk_scores(self, model: nn.Module, chunks: int) -> np.ndarray:
+        """The score of each of ``chunks`` consecutive, (nearly) equal slices of the calibration samples:
+        same definition as the call, per slice — independent replicates of the score, so that two models
+        can be compared by a paired test over the slices (:func:`significantly_better`)."""
+        losses, accuracies = self.chunk_stats(model, chunks)
+        if self.metric == "loss":
+            return losses
+        return -100.0 * accuracies + 1e-6 * np.minimum(losses, 1e6)
+
+    @torch.no_grad()
+    def chunk_stats(self, model: nn.Module, chunks: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per slice (see :meth:`chunk_scores`): the mean loss (``inf`` when not finite) and, with
+        ``metric="accuracy"``, the fraction classified correctly (else ``None``)."""
         modes = {m: m.training for m in model.modules()}
         model.eval()
+        n = self.n_samples
+        edges = np.linspace(0, n, min(int(chunks), n) + 1).round().astype(int)
+        losses = np.empty(edges.size - 1)
+        accuracies = np.empty(edges.size - 1) if self.metric == "accuracy" else None
         try:
-            total_loss, correct, n = 0.0, 0, self.n_samples
-            for start in range(0, n, self.batch_size):
-                x = self.inputs[start:start + self.batch_size]
-                y = self.targets[start:start + self.batch_size]
-                out = model(x)
-                total_loss += float(self.loss_fn(out, y)) * x.shape[0]
-                if self.metric == "accuracy":
-                    correct += int((out.argmax(1) == y).sum())
+            for c, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+                total_loss, correct = 0.0, 0
+                for start in range(lo, hi, self.batch_size):
+                    stop = min(hi, start + self.batch_size)
+                    x, y = self.inputs[start:stop], self.targets[start:stop]
+                    out = model(x)
+                    total_loss += float(self.loss_fn(out, y)) * x.shape[0]
+                    if accuracies is not None:
+                        correct += int((out.argmax(1) == y).sum())
+                loss = total_loss / (hi - lo)
+                losses[c] = loss if math.isfinite(loss) else math.inf
+                if accuracies is not None:
+                    accuracies[c] = correct / (hi - lo)
         finally:
             for m, flag in modes.items():
                 m.training = flag
-        loss = total_loss / n
-        if not math.isfinite(loss):
-            loss = math.inf
-        if self.metric == "loss":
-            return loss
-        return -100.0 * correct / n + 1e-6 * min(loss, 1e6)
+        return losses, accuracies
+
+
+def significantly_better(current: np.ndarray, trial: np.ndarray, z: float) -> bool:
+    """Whether ``trial`` scores lower than ``current`` by more than noise: a paired test over the slices,
+    ``mean(d) ≥ z · sd(d)/√k`` with ``d = current − trial`` (``k`` slices), and ``mean(d) > 0``.
+
+    A held-out improvement of a few samples is often noise; a step kept on noise is a random walk that,
+    repeated over passes, drifts the network away from where it generalises.
+    """
+    d = np.asarray(current, dtype=float) - np.asarray(trial, dtype=float)
+    if not np.all(np.isfinite(d)):
+        return bool(np.all(np.isfinite(trial)) and not np.all(np.isfinite(current)))
+    mean = float(d.mean())
+    if mean <= 0:
+        return False
+    if d.size < 2:
+        return True
+    return mean >= z * float(d.std(ddof=1)) / math.sqrt(d.size)
 
 
 @dataclass
