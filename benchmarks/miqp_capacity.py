@@ -13,14 +13,17 @@ for "selection"). Prints a Markdown table: seconds (or the gap left at the limit
     python benchmarks/miqp_capacity.py --grid --dampings 1e-3 1e-4 1e-5 --time-limit 60     # issue 14's grid
     python benchmarks/miqp_capacity.py --grid --blocks "fc2 rows 0-1" --dampings 1e-3 --engines highs
     python benchmarks/miqp_capacity.py --grid --pattern 2:4 --engines highs gurobi           # N:M budgets
+    python benchmarks/miqp_capacity.py --grid --dampings 1e-5 --engines highs \
+        --blocks "fc1 row 0, cols 0-63" "fc1 row 5, cols 200-263"                          # any fc1 chunk
 
 ``miqp/highs`` is the default ``search="auto"`` (leaps-and-bounds or best-first by the measured rule).
 
 ``--grid`` (issue 14): real MLPNet blocks only — fc3 row 0 (p = 20), fc2 row 0 (p = 40), fc2 rows 0–1
 (p = 80), fc1 row 0 chunks of 64 / 96 / 128 weights from column 392 — at every damping of ``--dampings``
 and every sparsity, then a summary: per damping and engine the largest p proven at every sparsity, and the
-gap left where nothing proves. ``--blocks`` picks blocks by name; ``--pattern N:M`` solves N:M budgets
-instead of a total sparsity.
+gap left where nothing proves. ``--blocks`` picks blocks by name (from the grid, or any "fc1 row R, cols A-B",
+"fc2 row R", "fc2 rows R-S"), in the order given; ``--pattern N:M`` solves N:M budgets instead of a total
+sparsity. ``highs:portfolio`` forces the time-sliced leaps + best-first search ("auto" uses it above 48 weights).
 """
 from __future__ import annotations
 
@@ -71,16 +74,39 @@ GRID_BLOCKS = {  # name → flat indices in MLPNet's weight vector (fc1 40×784,
 }
 
 
+_LAYERS = {"fc1": (0, 784, 40), "fc2": (784 * 40, 40, 20), "fc3": (784 * 40 + 800, 20, 10)}  # offset, cols, rows
+
+
+def block_indices(name: str) -> np.ndarray | None:
+    """Flat indices of a named block: a ``GRID_BLOCKS`` name, or any "fcL row R", "fcL rows R-S" or
+    "fcL row R, cols A-B" (inclusive ranges; e.g. "fc1 row 5, cols 200-263"); ``None`` if not a block."""
+    import re
+    if name in GRID_BLOCKS:
+        return GRID_BLOCKS[name]
+    m = re.fullmatch(r"(fc[123]) rows? (\d+)(?:-(\d+))?(?:, cols (\d+)-(\d+))?", name.strip())
+    if m is None:
+        return None
+    off, ncols, nrows = _LAYERS[m[1]]
+    r0, r1 = int(m[2]), int(m[3] or m[2])
+    c0, c1 = (int(m[4]), int(m[5])) if m[4] else (0, ncols - 1)
+    if not (0 <= r0 <= r1 < nrows and 0 <= c0 <= c1 < ncols) or (m[3] and m[4]):
+        return None
+    return np.concatenate([off + r * ncols + np.arange(c0, c1 + 1) for r in range(r0, r1 + 1)])
+
+
 def grid_blocks(data: str | None, n_samples: int, names: list[str] | None):
-    """(name, weights, grads) for the issue-14 grid (or the ``names`` picked from it)."""
+    """(name, weights, grads) for the issue-14 grid (or the ``names`` picked from it / parsed by
+    :func:`block_indices`)."""
     import mlpnet_common as mc
-    unknown = sorted(set(names or ()) - set(GRID_BLOCKS))
+    unknown = sorted(n for n in names or () if block_indices(n) is None)
     if unknown:
-        raise SystemExit(f"unknown block(s) {unknown}; choose from {sorted(GRID_BLOCKS)}")
+        raise SystemExit(f"unknown block(s) {unknown}; choose from {sorted(GRID_BLOCKS)} or name one as "
+                         f"'fc1 row R, cols A-B' / 'fc2 row R' / 'fc2 rows R-S'")
     model = mc.load_mlpnet(data)
     w = mc.flat_weights(model)
     G = mc.mlpnet_gradients(n_samples, 0, data)
-    return [(name, w[idx], G[:, idx]) for name, idx in GRID_BLOCKS.items() if not names or name in names]
+    picked = [(n, block_indices(n)) for n in names] if names else list(GRID_BLOCKS.items())
+    return [(name, w[idx], G[:, idx]) for name, idx in picked]
 
 
 def run(prob: Problem, engine: str, time_limit: float):
@@ -148,7 +174,7 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="generated block sizes p")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9])
     ap.add_argument("--engines", nargs="+", default=["highs", "gurobi", "scip"],
-                    help="engines; highs:leaps / highs:best_first force the highs engine's search")
+                    help="engines; highs:leaps / highs:best_first / highs:portfolio force the highs engine's search")
     ap.add_argument("--no-real", action="store_true", help="skip the MLPNet blocks")
     ap.add_argument("--data", default=None, help="reference data folder (default $CBS_OPT_DATA or ../shared/data)")
     ap.add_argument("--seed", type=int, default=0)

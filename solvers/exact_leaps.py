@@ -27,6 +27,13 @@ Furnival & Wilson's *leaps and bounds* for best-subset regression, used here in 
   counts allow. The suffix bound needs nothing new: every keep-set of the subtree still lies inside
   ``K ∪ {u_t … u_n}``, extra constraints only remove sets.
 
+* Resumable (:class:`LeapsSearch`): the recursion is a chain of generators (the last two levels are plain
+  functions, so leaves pay nothing for it); once a pause is due (a time or a node count) the deepest frame
+  yields before its next child, suspending the whole stack, and a later ``run`` continues there — a portfolio
+  time-slices it with best-first search. Every suspended frame re-reads the incumbent when resumed (an
+  incumbent offered meanwhile prunes at once). While suspended, the root's current suffix bound bounds every
+  keep-set not yet enumerated (:meth:`LeapsSearch.current_bound`).
+
 This is exact (no relaxation is involved) and strongest when the kept set is small relative to the rank
 of ``F`` — high sparsity, or low-rank blocks with ``k < N`` where the perspective bounds of
 :mod:`solvers.exact_bnb` are only λ-sized. Pruning leaves a numerical allowance of ``1e-12·w̃ᵀF w̃`` on the
@@ -34,6 +41,7 @@ conservative side; the reported bound is the largest gain bound of any pruned or
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +50,7 @@ from scipy.linalg.lapack import dpotrf as _potrf, dtrtrs as _trtrs
 from .base import Deadline
 from .exact_core import note_interrupt
 
-__all__ = ["leaps_search", "LeapsResult", "NumericalFailure"]
+__all__ = ["leaps_search", "LeapsSearch", "LeapsResult", "NumericalFailure"]
 
 # Rounding allowance (relative to the largest possible gain w̃ᵀF w̃): a subtree is pruned only when its
 # bound is below the incumbent by at least this much minus the optimality tolerance.
@@ -80,6 +88,11 @@ class _Search:
         self.nodes = 0
         self.stopped = False
         self.interrupted = False
+        # Time slices (a resumable search): the generator yields at the next child once a pause is due.
+        self.pause_at: float | None = None      # perf_counter() time
+        self.pause_nodes: int | None = None     # node count
+        self.pause_due = False
+        self.root_ub = total           # the root's current suffix bound (bounds all that is not enumerated yet)
         self._pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._refresh_threshold()
 
@@ -103,6 +116,9 @@ class _Search:
         self.nodes += 1
         if self.deadline.expired() or (self.node_limit is not None and self.nodes >= self.node_limit):
             self.stopped = True
+        elif self.pause_nodes is not None and self.nodes >= self.pause_nodes or \
+                self.pause_at is not None and time.perf_counter() >= self.pause_at:
+            self.pause_due = True
         if self.bar is not None and self.nodes % _CHECK_EVERY == 0:
             self.bar.update(_CHECK_EVERY)
             self.bar.set_postfix(best=f"{0.5 * (self.total - self.best_gain):.6g}", refresh=False)
@@ -124,13 +140,9 @@ def _suffix_gains(S: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.cumsum(y * y)[::-1]
 
 
-def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndarray, b: int,
-            kept: list, need: np.ndarray | None = None) -> None:
-    """Search the subtree "keep ``kept``, add ``b`` of ``idx``" (module doc); ``S``, ``c`` are conditioned on kept.
-
-    ``need``: with groups, the keeps each group still needs (``b = need.sum()``); every candidate in ``idx``
-    belongs to a group that needs at least one more.
-    """
+def _leaf(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndarray, b: int, kept: list,
+          need: np.ndarray | None) -> None:
+    """A node with one or two weights left to add: every single / pair in closed form (no recursion)."""
     st.tick()
     n = c.size
     d = S.diagonal()
@@ -141,19 +153,33 @@ def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndar
         j = int(np.argmax(single))
         st.offer(gain + float(single[j]), kept + [int(idx[j])])
         return
-    if b == 2:
-        a, e = st.pairs(n)
-        if need is not None:   # a pair inside one group only if that group needs two
-            gi = st.ids[idx]
-            ok = (gi[a] != gi[e]) | (need[gi[a]] >= 2)
-            a, e = a[ok], e[ok]
-            if a.size == 0:
-                return
-        ca, ce, sae = c[a], c[e], S[a, e]
-        pair = (ca * ca * d[e] - 2.0 * ca * ce * sae + ce * ce * d[a]) / (d[a] * d[e] - sae * sae)
-        j = int(np.argmax(pair))
-        st.offer(gain + float(pair[j]), kept + [int(idx[a[j]]), int(idx[e[j]])])
-        return
+    a, e = st.pairs(n)
+    if need is not None:   # a pair inside one group only if that group needs two
+        gi = st.ids[idx]
+        ok = (gi[a] != gi[e]) | (need[gi[a]] >= 2)
+        a, e = a[ok], e[ok]
+        if a.size == 0:
+            return
+    ca, ce, sae = c[a], c[e], S[a, e]
+    pair = (ca * ca * d[e] - 2.0 * ca * ce * sae + ce * ce * d[a]) / (d[a] * d[e] - sae * sae)
+    j = int(np.argmax(pair))
+    st.offer(gain + float(pair[j]), kept + [int(idx[a[j]]), int(idx[e[j]])])
+
+
+def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndarray, b: int,
+            kept: list, need: np.ndarray | None = None, root: bool = False):
+    """Search the subtree "keep ``kept``, add ``b ≥ 3`` of ``idx``" (module doc); ``S``, ``c`` are conditioned
+    on kept. A generator: it yields (suspending the whole depth-first stack) before a child once
+    ``st.pause_due`` is set, so a portfolio can time-slice the search; resumed, it re-reads the incumbent.
+
+    ``need``: with groups, the keeps each group still needs (``b = need.sum()``); every candidate in ``idx``
+    belongs to a group that needs at least one more.
+    """
+    st.tick()
+    n = c.size
+    d = S.diagonal()
+    if d.min() <= 0:
+        raise NumericalFailure("non-positive Schur pivot")
     order = np.argsort(-(c * c / d), kind="stable")
     S, c, idx = S[order][:, order], c[order], idx[order]
     bounds = gain + _suffix_gains(S, c)
@@ -164,7 +190,11 @@ def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndar
         onehot[np.arange(n), gi] = 1
         after = np.cumsum(onehot[::-1], axis=0)[::-1][1:]
     for t in range(n - b + 1):
+        if st.pause_due and not st.stopped:
+            yield      # the driver clears pause_due (and may offer a better incumbent) before resuming
         ub = float(bounds[t])
+        if root:
+            st.root_ub = ub
         if ub <= st.threshold:
             # Suffix bounds decrease with t: every later child is pruned too.
             st.pruned_max = max(st.pruned_max, ub)
@@ -187,13 +217,169 @@ def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndar
             rest = gi[t + 1:] != gi[t]
             S_child, c_child, idx_child = S_child[np.ix_(rest, rest)], c_child[rest], idx_child[rest]
         try:
-            _expand(st, gain + float(c[t] * c[t] / piv), S_child, c_child, idx_child, b - 1,
-                    kept + [int(idx[t])], child_need)
+            if b - 1 <= 2:
+                _leaf(st, gain + float(c[t] * c[t] / piv), S_child, c_child, idx_child, b - 1,
+                      kept + [int(idx[t])], child_need)
+            else:
+                yield from _expand(st, gain + float(c[t] * c[t] / piv), S_child, c_child, idx_child, b - 1,
+                                   kept + [int(idx[t])], child_need)
         except KeyboardInterrupt:
             # Ctrl-C inside the child: its subtree is unexplored (bounded by ub); stop everywhere.
             st.interrupted = st.stopped = True
             note_interrupt(st.deadline)
             st.open_max = max(st.open_max, ub)
+
+
+class LeapsSearch:
+    """A resumable leaps-and-bounds search (the module doc's algorithm; :func:`leaps_search` runs one to the end).
+
+    ``run(until=, nodes=)`` advances it until it finishes, the global ``deadline`` / ``node_limit`` stops it,
+    or the slice ends (``until``: a ``time.perf_counter()`` time; ``nodes``: a number of nodes) — then it is
+    suspended mid-tree and a later ``run`` continues exactly where it paused. ``offer_value`` shares another
+    search's incumbent (it prunes from the next child on). ``result()`` closes it: a suspended search is
+    unwound first, every subtree left on its stack contributing its suffix bound to the proven bound.
+    """
+
+    def __init__(self, F: np.ndarray, w: np.ndarray, k: int, *, incumbent: np.ndarray | None = None,
+                 deadline: Deadline | None = None, node_limit: int | None = None, rel_gap: float = 1e-9,
+                 abs_gap: float = 0.0, progress: bool = False, groups=None):
+        F = np.ascontiguousarray(F, dtype=float)
+        w = np.asarray(w, dtype=float)
+        p = w.size
+        if not 1 <= k <= p:
+            raise ValueError(f"k must be in [1, {p}], got {k}")
+        ids = need = None
+        idx0 = np.arange(p)
+        if groups is not None:
+            ids = np.asarray(groups[0], dtype=np.intp)
+            need = np.asarray(groups[1], dtype=np.intp).copy()
+            if ids.shape != (p,) or int(need.sum()) != k or np.any(need < 0) \
+                    or np.any(need > np.bincount(ids, minlength=need.size)):
+                raise ValueError("groups must be (ids of shape (p,), keep counts summing to k, each within its group)")
+            idx0 = np.flatnonzero(need[ids] > 0)      # groups that keep nothing are decided already
+        self.deadline = deadline = deadline if deadline is not None else Deadline(None)
+        self.F, self.w = F, w
+        c = F @ w
+        self.total = total = float(w @ c)
+        best_keep, best_gain = None, -np.inf
+        if incumbent is None:
+            # A start from the best single gains (per group): a stopped search always has a keep-set to return.
+            score = c * c / np.diag(F)
+            incumbent = np.zeros(p, dtype=bool)
+            if ids is None:
+                incumbent[np.argsort(-score, kind="stable")[:k]] = True
+            else:
+                for g in np.flatnonzero(need > 0):
+                    members = np.flatnonzero(ids == g)
+                    incumbent[members[np.argsort(-score[members], kind="stable")[:need[g]]]] = True
+        kk = np.flatnonzero(incumbent)
+        L, info = _potrf(F[np.ix_(kk, kk)], lower=1)
+        if info == 0:
+            y, _ = _trtrs(L, c[kk], lower=1)
+            best_keep, best_gain = incumbent.astype(bool).copy(), float(y @ y)
+        self._c = c
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(desc="miqp leaps-and-bounds", unit="node")
+        self.st = _Search(p, total, best_keep, best_gain, deadline, node_limit, rel_gap, abs_gap, self.bar, ids)
+        self.done = False
+        self._closed = False
+        self._gen = None
+        if k <= 2:
+            self._root = lambda: _leaf(self.st, 0.0, F[np.ix_(idx0, idx0)], c[idx0], idx0, k, [], need)
+        else:
+            self._gen = _expand(self.st, 0.0, F[np.ix_(idx0, idx0)], c[idx0], idx0, k, [], need, root=True)
+
+    @property
+    def nodes(self) -> int:
+        return self.st.nodes
+
+    @property
+    def value(self) -> float:
+        """Cost of the incumbent without the problem's offset (``inf`` when there is none yet)."""
+        return 0.5 * (self.total - self.st.best_gain) if np.isfinite(self.st.best_gain) else np.inf
+
+    @property
+    def keep(self) -> np.ndarray | None:
+        return self.st.best_keep
+
+    def offer_value(self, keep: np.ndarray, value: float) -> None:
+        """Share an incumbent found elsewhere (``value``: its cost in the same units as :attr:`value`)."""
+        gain = self.total - 2.0 * float(value)
+        if gain > self.st.best_gain:
+            self.st.best_keep, self.st.best_gain = np.asarray(keep, dtype=bool).copy(), gain
+            self.st._refresh_threshold()
+
+    def current_bound(self) -> float:
+        """A proven lower bound now, without closing the search (cost units, offset excluded).
+
+        Every keep-set not yet enumerated lies in the root's current child subtree or a later one, all
+        bounded by the root's current suffix bound; enumerated ones are bounded by the incumbent or lie in
+        pruned subtrees (``pruned_max``). Closed: the result's bound.
+        """
+        st = self.st
+        if self.done:
+            return self.result().bound
+        value = 0.5 * (self.total - st.best_gain)
+        return min(value, 0.5 * (self.total - max(st.best_gain, st.pruned_max, st.root_ub, st.open_max)))
+
+    def run(self, until: float | None = None, nodes: int | None = None) -> bool:
+        """Advance the search (class doc); returns whether it has ended (finished, stopped or interrupted)."""
+        if self.done:
+            return True
+        st = self.st
+        st.pause_at = until
+        st.pause_nodes = None if nodes is None else st.nodes + int(nodes)
+        st.pause_due = False
+        try:
+            if self._gen is None:
+                self._root()
+                self.done = True
+            else:
+                next(self._gen)           # returns at a pause; StopIteration at the end
+        except StopIteration:
+            self.done = True
+        except KeyboardInterrupt:
+            # Ctrl-C before the root's children ran: the root is unexplored; total gain bounds every subset.
+            st.interrupted = st.stopped = True
+            note_interrupt(self.deadline)
+            st.open_max = max(st.open_max, self.total)
+            self.done = True
+        if not self.done and st.stopped:      # the global clock stopped it at a pause point: unwind now
+            self._unwind()
+        return self.done
+
+    def _unwind(self) -> None:
+        st = self.st
+        st.stopped = True
+        st.pause_due = False
+        try:
+            for _ in self._gen:        # every suspended frame records its open bound and returns
+                pass
+        except KeyboardInterrupt:
+            st.interrupted = True
+            note_interrupt(self.deadline)
+            st.open_max = max(st.open_max, self.total)
+        self.done = True
+
+    def result(self) -> LeapsResult:
+        """Close the search (unwinding a suspended one) and return its result."""
+        if not self.done:
+            self._unwind()
+        if not self._closed:
+            self._closed = True
+            if self.bar is not None:
+                self.bar.close()
+        st = self.st
+        if st.best_keep is None:      # stopped before any leaf and no incumbent: nothing to return
+            raise NumericalFailure("leaps search stopped before finding a keep-set")
+        best_bound_gain = max(st.best_gain, st.pruned_max, st.open_max)
+        value = 0.5 * (self.total - st.best_gain)
+        bound = min(value, 0.5 * (self.total - best_bound_gain))
+        # Stopping only matters if it left a subtree unexplored (a stop at the very last node proves optimality).
+        return LeapsResult(st.best_keep, value, bound, optimal=st.open_max == -np.inf, nodes=st.nodes,
+                           info={"search": "leaps", "interrupted": st.interrupted})
 
 
 def leaps_search(F: np.ndarray, w: np.ndarray, k: int, *, incumbent: np.ndarray | None = None,
@@ -208,60 +394,11 @@ def leaps_search(F: np.ndarray, w: np.ndarray, k: int, *, incumbent: np.ndarray 
     a Schur complement is not numerically positive definite. ``deadline`` is read at every node; a
     ``KeyboardInterrupt`` stops the search with the incumbent and an honest bound (``info["interrupted"]``).
     """
-    F = np.ascontiguousarray(F, dtype=float)
-    w = np.asarray(w, dtype=float)
-    p = w.size
-    if not 1 <= k <= p:
-        raise ValueError(f"k must be in [1, {p}], got {k}")
-    ids = need = None
-    idx0 = np.arange(p)
-    if groups is not None:
-        ids = np.asarray(groups[0], dtype=np.intp)
-        need = np.asarray(groups[1], dtype=np.intp).copy()
-        if ids.shape != (p,) or int(need.sum()) != k or np.any(need < 0) \
-                or np.any(need > np.bincount(ids, minlength=need.size)):
-            raise ValueError("groups must be (ids of shape (p,), keep counts summing to k, each within its group)")
-        idx0 = np.flatnonzero(need[ids] > 0)      # groups that keep nothing are decided already
-    deadline = deadline if deadline is not None else Deadline(None)
-    c = F @ w
-    total = float(w @ c)
-    best_keep, best_gain = None, -np.inf
-    if incumbent is None:
-        # A start from the best single gains (per group): a stopped search always has a keep-set to return.
-        score = c * c / np.diag(F)
-        incumbent = np.zeros(p, dtype=bool)
-        if ids is None:
-            incumbent[np.argsort(-score, kind="stable")[:k]] = True
-        else:
-            for g in np.flatnonzero(need > 0):
-                members = np.flatnonzero(ids == g)
-                incumbent[members[np.argsort(-score[members], kind="stable")[:need[g]]]] = True
-    if incumbent is not None:
-        kk = np.flatnonzero(incumbent)
-        L, info = _potrf(F[np.ix_(kk, kk)], lower=1)
-        if info == 0:
-            y, _ = _trtrs(L, c[kk], lower=1)
-            best_keep, best_gain = incumbent.astype(bool).copy(), float(y @ y)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(desc="miqp leaps-and-bounds", unit="node")
-    st = _Search(p, total, best_keep, best_gain, deadline, node_limit, rel_gap, abs_gap, bar, ids)
+    search = LeapsSearch(F, w, k, incumbent=incumbent, deadline=deadline, node_limit=node_limit,
+                         rel_gap=rel_gap, abs_gap=abs_gap, progress=progress, groups=groups)
     try:
-        _expand(st, 0.0, F[np.ix_(idx0, idx0)], c[idx0], idx0, k, [], need)
-    except KeyboardInterrupt:
-        # Ctrl-C before the root's children ran: the root is unexplored; total gain bounds every subset.
-        st.interrupted = st.stopped = True
-        note_interrupt(deadline)
-        st.open_max = max(st.open_max, total)
+        search.run()
     finally:
-        if bar is not None:
-            bar.close()
-    if st.best_keep is None:      # stopped before any leaf and no incumbent: nothing to return
-        raise NumericalFailure("leaps search stopped before finding a keep-set")
-    best_bound_gain = max(st.best_gain, st.pruned_max, st.open_max)
-    value = 0.5 * (total - st.best_gain)
-    bound = min(value, 0.5 * (total - best_bound_gain))
-    # Stopping only matters if it left a subtree unexplored (a stop at the very last node proves optimality).
-    return LeapsResult(st.best_keep, value, bound, optimal=st.open_max == -np.inf, nodes=st.nodes,
-                       info={"search": "leaps", "interrupted": st.interrupted})
+        if search.bar is not None:
+            search.bar.close()
+    return search.result()

@@ -3,9 +3,9 @@
 Engines
 -------
 ``engine="highs"`` (default) — HiGHS refuses MIQPs, so the exact method is our own search over keep-sets,
-one of three (``search=``; ``"auto"`` picks by :func:`_leaps_applies`, the rule measured in
-``docs/benchmarks/miqp_capacity.md``; above ``LEAPS_FULL_P`` weights leaps only gets a probe — a quarter of
-the time, at most ``LEAPS_PROBE_NODES`` nodes — before best-first takes over from its incumbent):
+one of three, or two of them time-sliced (``search=``; ``"auto"`` picks by :func:`_leaps_applies`, the rule
+measured in ``docs/benchmarks/miqp_capacity.md``; above ``LEAPS_FULL_P`` weights it runs the portfolio below
+instead of leaps alone):
 
 * ``search="leaps"`` ("update" cost, positive definite ``F``) — depth-first *leaps and bounds*
   (:mod:`solvers.exact_leaps`): the cost is ``½w̃ᵀFw̃ − ½gain(S)`` with a monotone ``gain``; a subtree that
@@ -30,6 +30,15 @@ the time, at most ``LEAPS_PROBE_NODES`` nodes — before best-first takes over f
 
   It is the stronger search on low-rank blocks that keep at least ``N`` weights (the cost is then
   λ-sized and the perspective bounds carry it), and the only one for singular, undamped ``F``.
+* ``search="portfolio"`` ("update", positive definite ``F``) — leaps-and-bounds and best-first *time-sliced*:
+  leaps is a suspendable generator (:class:`solvers.exact_leaps.LeapsSearch`), best-first a re-entrant
+  queue (:class:`solvers.exact_bnb.BestFirst`); slices alternate (leaps first) and grow geometrically, the
+  searches share one incumbent (each prunes with the best known cost), the bound is the larger of the two
+  proven bounds, and the first search to settle (or the two bounds together) proves optimality. Leaps'
+  share of a slice pair follows best-first's relative gap (a stalled best-first gives leaps most of the
+  time). Neither search wins everywhere on real blocks (leaps proves the fc1 chunks at damping 1e-5 where
+  best-first stalls; best-first finishes the fc2 row pairs): the portfolio gets both within a factor of
+  about 1.25–2 of the faster one. (``PORTFOLIO = False`` restores the earlier leaps probe then best-first.)
 * ``search="milp"`` ("selection" only) — HiGHS's branch-and-cut on the exact MILP linearisation of the
   binary QP (:mod:`solvers.kernels.selection_milp`), started from the incumbent. For "selection" on low-rank blocks
   (N < p), ``"auto"`` runs a best-first probe of ``SELECTION_PROBE_NODES`` nodes (it settles most of them in
@@ -69,12 +78,27 @@ __all__ = ["solve_miqp", "build_model", "export_model", "ENGINES"]
 
 # Node-level shifts factor an |alive| × |alive| block per node: worth it for the block sizes exact search reaches.
 NODE_SHIFT_MAX_P = 400
-SEARCHES = ("auto", "leaps", "best_first", "milp")
-# "auto" runs leaps to the end up to this block size; above it only as a probe (measured: on real MLPNet
-# blocks of 80-120 weights a stopped leaps search left 87-99.7% gaps where best-first left 1.3-8.9%).
+SEARCHES = ("auto", "leaps", "best_first", "portfolio", "milp")
+# "auto" runs leaps alone to the end up to this block size; above it time-sliced with best-first (the
+# portfolio; measured: on real MLPNet blocks of 80-120 weights a stopped leaps search left 87-99.7% gaps where
+# best-first left 1.3-8.9%, while on fc1 chunks of 64 at damping 1e-5 only leaps proves).
 LEAPS_FULL_P = 48
 LEAPS_PROBE_SHARE = 0.25
 LEAPS_PROBE_NODES = 100_000
+# Above LEAPS_FULL_P "auto" time-slices leaps and best-first (a portfolio sharing the incumbent) instead of
+# a leaps probe followed by best-first (False: the probe, as measured before; docs/benchmarks/miqp_capacity.md).
+PORTFOLIO = True
+# Slices: leaps first, then best-first; each pair lasts PORTFOLIO_GROWTH times longer than the last.
+PORTFOLIO_FIRST_SLICE = 0.5
+PORTFOLIO_GROWTH = 1.5
+# Leaps' share of a pair: leaps' own bound says nothing until its last root subtrees, best-first's relative
+# gap does — a best-first gap at or below GAP_LOW (it is closing) gives leaps SHARE_MIN of the next pair, at
+# or above GAP_HIGH (stalled far from the incumbent, as at tiny dampings) SHARE_MAX, linear in between; the
+# first pair is split evenly (measured: docs/benchmarks/miqp_capacity.md).
+PORTFOLIO_LEAPS_SHARE = 0.5
+PORTFOLIO_SHARE_MIN, PORTFOLIO_SHARE_MAX = 0.2, 0.8
+PORTFOLIO_GAP_LOW, PORTFOLIO_GAP_HIGH = 0.1, 0.3
+_TRACE: list | None = None      # measurement hook: a list gets one tuple per slice pair
 # Best-first nodes tried on a "selection" problem before HiGHS takes over on the MILP linearisation.
 SELECTION_PROBE_NODES = 2000
 # Share of the time limit the swap search for the first incumbent may use (the rest is for the proof).
@@ -160,8 +184,8 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
     monotone = oracle is None
     if monotone:
         oracle = _MonotoneOracle(problem)
-    if search == "leaps" and (monotone or problem.objective_kind != "update"):
-        raise ValueError('search="leaps" needs objective="update" and a positive definite F '
+    if search in ("leaps", "portfolio") and (monotone or problem.objective_kind != "update"):
+        raise ValueError(f'search="{search}" needs objective="update" and a positive definite F '
                          '(damping > 0 or a full-rank hessian)')
     if search == "milp" and problem.objective_kind != "selection":
         raise ValueError('search="milp" (the exact MILP linearisation on HiGHS) exists only for '
@@ -176,12 +200,14 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
     scale = abs(prune_all) + abs(v0)
     abs_gap = 1e-13 * scale
     use_leaps = search == "leaps" or (search == "auto" and _leaps_applies(problem, monotone))
-    # Above LEAPS_FULL_P weights "auto" only probes with leaps (a quarter of the time, at most
-    # LEAPS_PROBE_NODES nodes): if the probe does not finish, best-first takes over from its incumbent —
-    # a stopped leaps search has a near-trivial bound, best-first's stays useful on large blocks.
-    probe = use_leaps and search == "auto" and p > LEAPS_FULL_P and node_limit is None
+    # Above LEAPS_FULL_P weights "auto" time-slices leaps and best-first (the portfolio, sharing the
+    # incumbent). With PORTFOLIO off, it only probes with leaps (a quarter of the time, at most
+    # LEAPS_PROBE_NODES nodes), then best-first takes over from the probe's incumbent.
+    sliced = search == "portfolio" or (use_leaps and search == "auto" and PORTFOLIO and p > LEAPS_FULL_P
+                                       and node_limit is None)
+    probe = use_leaps and search == "auto" and not sliced and p > LEAPS_FULL_P and node_limit is None
     leaps_nodes = 0
-    if use_leaps:
+    if use_leaps and not sliced:
         leaps_deadline = deadline
         if probe and deadline.seconds is not None:
             leaps_deadline = deadline.share(max(0.0, deadline.remaining()) * LEAPS_PROBE_SHARE)
@@ -234,6 +260,10 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
     if node_shift and not monotone and problem.objective_kind == "update" and p <= NODE_SHIFT_MAX_P:
         from .exact_node import NodeReducer
         reducer = NodeReducer(problem.curvature.dense(), problem.effective_weights)
+    if sliced:
+        return _run_portfolio(problem, oracle, z0, v0, b0, deadline=deadline, rel_gap=rel_gap, abs_gap=abs_gap,
+                              progress=progress, node_limit=node_limit, pool=pool, reducer=reducer,
+                              groups=groups)
     result = branch_and_bound(problem, oracle, z0, v0, deadline=deadline, rel_gap=rel_gap,
                               abs_gap=abs_gap, progress=progress,
                               node_limit=SELECTION_PROBE_NODES if portfolio else node_limit, pool=pool,
@@ -256,6 +286,116 @@ def _solve_highs(problem, *, deadline: Deadline, progress: bool, rel_gap: float,
                                "cuts": result.info.get("cuts", 0),
                                "bound_kind": "monotone" if monotone else "perspective" if
                                problem.objective_kind == "update" else "shifted QP"})
+
+
+def _run_portfolio(problem, oracle, z0, v0, b0, *, deadline, rel_gap, abs_gap, progress, node_limit, pool,
+                   reducer, groups) -> BackendResult:
+    """Leaps-and-bounds and best-first, time-sliced, sharing one incumbent ("update", positive definite F).
+
+    Slices alternate (leaps first); each pair lasts ``PORTFOLIO_GROWTH`` times longer than the last; leaps
+    takes ``PORTFOLIO_LEAPS_SHARE`` of the first pair and then a share set by best-first's relative gap
+    (:func:`_leaps_share`: a stalled best-first leaves most of the time to leaps). Before its slice each search
+    is offered the other's incumbent (both prune against the best known cost). The proven bound is the larger
+    of the two valid bounds: best-first's smallest open key and leaps' root suffix bound (everything leaps has
+    not enumerated lies below it). Stops when either search settles, when
+    ``best − bound ≤ max(abs_gap, rel_gap·|best|)``, at the deadline (``Status.TIME_LIMIT``) or on Ctrl-C
+    (``Status.INTERRUPTED``), keeping incumbent and bound. ``node_limit``: per search.
+    """
+    import time
+    from .exact_bnb import BestFirst
+    from .exact_leaps import LeapsSearch, NumericalFailure
+    k = problem.n_keep
+    bf = BestFirst(problem, oracle, z0, v0, deadline=deadline, rel_gap=rel_gap, abs_gap=abs_gap,
+                   progress=progress, node_limit=node_limit, pool=pool, tangents=True, reducer=reducer,
+                   groups=groups, root_key=b0)
+    leaps = None
+    try:
+        leaps = LeapsSearch(problem.curvature.dense(), problem.effective_weights, k, incumbent=z0,
+                            deadline=deadline, node_limit=node_limit, rel_gap=rel_gap, abs_gap=abs_gap,
+                            progress=progress, groups=groups)
+    except NumericalFailure:
+        pass
+    slice_s, slices, winner = PORTFOLIO_FIRST_SLICE, 0, None
+    share = PORTFOLIO_LEAPS_SHARE
+    leaps_active = leaps is not None     # false once leaps has ended (node limit, numerical failure)
+    leaps_bound = -np.inf                # the bound of an ended leaps search
+
+    def incumbent():
+        if leaps is not None and leaps.keep is not None and leaps.value < bf.best_v:
+            return leaps.keep, leaps.value
+        return bf.best_z, bf.best_v
+
+    def bound():
+        b = max(bf.bound(), leaps_bound)
+        if leaps_active:
+            b = max(b, leaps.current_bound())
+        return b
+
+    try:
+        while True:
+            if leaps_active:
+                slices += 1
+                leaps.offer_value(bf.best_z, bf.best_v)
+                try:
+                    leaps.run(until=time.perf_counter() + share * slice_s)
+                except NumericalFailure:
+                    leaps_active = False     # a Schur complement lost definiteness: best-first carries on
+                if leaps_active and leaps.done:
+                    leaps_active = False
+                    res = leaps.result()
+                    leaps_bound = res.bound
+                    if res.optimal:
+                        winner = "leaps"
+                        break
+            keep, value = incumbent()
+            if value - bound() <= max(abs_gap, rel_gap * abs(value)):
+                winner = "combined"
+                break
+            if deadline.expired():
+                break
+            slices += 1
+            bf.offer(keep, value)
+            bf.run(until=time.perf_counter() + ((1.0 - share) if leaps_active else 1.0) * slice_s)
+            if bf.done:
+                if not bf.stopped:
+                    winner = "best_first"
+                break
+            if _TRACE is not None:
+                _TRACE.append((deadline.elapsed(), slice_s, 0 if leaps is None else leaps.nodes, bf.nodes,
+                               bf.bound(), leaps.current_bound() if leaps_active else leaps_bound, incumbent()[1]))
+            slice_s *= PORTFOLIO_GROWTH
+            share = _leaps_share(bf.bound(), incumbent()[1])
+    except KeyboardInterrupt:       # between slices: keep what both searches have
+        deadline.interrupt()
+    keep, value = incumbent()
+    lower = bound()
+    if leaps_active:
+        try:
+            lower = max(lower, leaps.result().bound)    # closes the suspended search
+        except NumericalFailure:
+            pass
+    pruned = np.flatnonzero(~np.asarray(keep, dtype=bool))
+    # Costs from gains and from the oracle are roundings of the same number: report the recomputed cost and
+    # keep the bound at most that.
+    objective = problem.objective(pruned)
+    bound_ = min(lower + oracle.offset, objective)
+    leaps_nodes = 0 if leaps is None else leaps.nodes
+    limit_hit = node_limit is not None and max(bf.nodes, leaps_nodes) >= node_limit
+    status = _status(winner is not None, node_limit if limit_hit else None, 0, deadline)
+    if limit_hit and winner is None and not deadline.expired():
+        status = Status.ITERATION_LIMIT
+    return BackendResult(pruned=pruned, status=status, bound=bound_, objective=objective,
+                         info={"engine": "highs", "search": "portfolio", "nodes": leaps_nodes + bf.nodes,
+                               "leaps_nodes": leaps_nodes, "bf_nodes": bf.nodes, "slices": slices,
+                               "winner": winner, "cuts": len(bf.pool),
+                               "bound_kind": "max(perspective, monotone suffix)"})
+
+
+def _leaps_share(bf_bound: float, best: float) -> float:
+    """Leaps' share of the next slice pair from best-first's relative gap (constants PORTFOLIO_*)."""
+    gap = (best - bf_bound) / max(abs(best), 1e-300) if np.isfinite(bf_bound) else 1.0
+    frac = min(1.0, max(0.0, (gap - PORTFOLIO_GAP_LOW) / (PORTFOLIO_GAP_HIGH - PORTFOLIO_GAP_LOW)))
+    return PORTFOLIO_SHARE_MIN + frac * (PORTFOLIO_SHARE_MAX - PORTFOLIO_SHARE_MIN)
 
 
 def _run_selection_milp(problem, start_pruned: np.ndarray, known_bound: float | None, *, deadline: Deadline,
@@ -310,8 +450,10 @@ def solve_miqp(problem, *, seed: int, time_limit, progress: bool, engine: str = 
     root_relaxation highs engine: seed the search with the HiGHS root relaxation (off: measured not to pay)
     node_shift      highs engine, "update": node relaxations with node-level eigenvalue shifts
     search          highs engine: "auto" (default), "leaps" (depth-first leaps-and-bounds, "update" only),
-                    "best_first" (perspective / shifted-QP branch-and-bound) or "milp" (HiGHS on the exact MILP
-                    linearisation, "selection" only). "auto": update → by the rule in _leaps_applies;
+                    "best_first" (perspective / shifted-QP branch-and-bound), "portfolio" (both time-sliced,
+                    one incumbent; "update" only) or "milp" (HiGHS on the exact MILP linearisation,
+                    "selection" only). "auto": update → by the rule in _leaps_applies (leaps up to
+                    LEAPS_FULL_P weights, the portfolio above);
                     selection → best-first for SELECTION_PROBE_NODES nodes, then "milp" if still open
     threads         gurobi engine threads (1 for fair comparisons)
     """

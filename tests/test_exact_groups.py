@@ -17,6 +17,14 @@ from solvers import solve
 REL = 1e-7
 
 
+@pytest.fixture(autouse=True)
+def tiny_portfolio_slices(monkeypatch):
+    """search="portfolio" switches between its two searches about every node (exercises the suspensions)."""
+    import solvers.miqp as miqp_module
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_FIRST_SLICE", 1e-6)
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_GROWTH", 1.0)
+
+
 # -- an independent reference (numpy only) --------------------------------------------------------------
 
 def _dense(w, G, damping):
@@ -79,7 +87,7 @@ NM_CASES = [(fam, pattern, seed) for fam in FAMILIES for pattern in ("2:4", "1:4
 
 
 @pytest.mark.parametrize("family,pattern,seed", NM_CASES)
-@pytest.mark.parametrize("search", ["auto", "leaps", "best_first"])
+@pytest.mark.parametrize("search", ["auto", "leaps", "best_first", "portfolio"])
 def test_nm_update_matches_brute_force(family, pattern, seed, search):
     p = [12, 16, 8][seed]
     w, G, g = _instance(seed, family, p, 1e-3)
@@ -118,7 +126,7 @@ def test_partition_matches_brute_force(seed, objective):
     w, G, g = _instance(seed, family, p, damping)
     groups, counts = _random_partition(rng, p)
     prob = Problem(w, G, damping=damping, groups=groups, n_prune=counts, gradient=g, objective=objective)
-    searches = ["auto", "best_first"] + (["leaps"] if objective == "update" else [])
+    searches = ["auto", "best_first"] + (["leaps", "portfolio"] if objective == "update" else [])
     for search in searches:
         _check(prob, w, G, damping, g, groups, counts, search=search)
 
@@ -146,7 +154,7 @@ def test_degenerate_partitions(case):
     for damping in (1e-3, 1e-8):
         for objective in ("update", "selection"):
             prob = Problem(w, G, damping=damping, groups=groups, n_prune=counts, objective=objective)
-            searches = ["auto", "best_first"] + (["leaps"] if objective == "update" else [])
+            searches = ["auto", "best_first"] + (["leaps", "portfolio"] if objective == "update" else [])
             for search in searches:
                 _check(prob, w, G, damping, None, groups, counts, search=search)
 
@@ -160,6 +168,8 @@ def test_larger_nm_block_leaps_and_best_first_agree():
     groups, counts = np.asarray(prob.budget.groups), np.asarray(prob.budget.counts)
     a, ref = _check(prob, w, G, 1e-3, None, groups, counts, search="leaps")
     b, _ = _check(prob, w, G, 1e-3, None, groups, counts, search="best_first")
+    c, _ = _check(prob, w, G, 1e-3, None, groups, counts, search="portfolio")
+    assert c.info["slices"] > 2
     assert abs(a.objective - b.objective) <= REL * abs(ref)
 
 

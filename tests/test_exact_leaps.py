@@ -12,7 +12,7 @@ from cbs_opt import Problem
 from cbs_opt.instances import FAMILIES, random_problem
 from solvers import solve
 from solvers.base import Deadline
-from solvers.exact_leaps import NumericalFailure, _suffix_gains, leaps_search
+from solvers.exact_leaps import LeapsSearch, NumericalFailure, _suffix_gains, leaps_search
 
 REL = 1e-7
 
@@ -147,7 +147,11 @@ def test_bad_search_options():
         solve(singular, "miqp", search="leaps")
     with pytest.raises(ValueError, match="k must"):
         leaps_search(np.eye(3), np.ones(3), 0)
-    assert miqp_module.SEARCHES == ("auto", "leaps", "best_first", "milp")
+    assert miqp_module.SEARCHES == ("auto", "leaps", "best_first", "portfolio", "milp")
+    with pytest.raises(ValueError, match="positive definite"):
+        solve(singular, "miqp", search="portfolio")
+    with pytest.raises(ValueError, match="search"):
+        solve(prob.with_objective("selection"), "miqp", search="portfolio")
 
 
 def test_searches_agree_beyond_the_small_grid():
@@ -169,7 +173,9 @@ def test_progress_bar_names_the_search(capsys):
 
 
 def test_large_blocks_probe_with_leaps_then_go_best_first(monkeypatch):
-    """Above LEAPS_FULL_P, "auto" gives leaps a bounded probe; an unfinished probe hands over its incumbent."""
+    """Without the portfolio (PORTFOLIO = False), above LEAPS_FULL_P "auto" gives leaps a bounded probe; an
+    unfinished probe hands over its incumbent."""
+    monkeypatch.setattr(miqp_module, "PORTFOLIO", False)
     monkeypatch.setattr(miqp_module, "LEAPS_FULL_P", 5)
     prob = random_problem(14, seed=2, sparsity=0.75, n_samples=30)
     ref = solve(prob, "enumerate")
@@ -181,3 +187,97 @@ def test_large_blocks_probe_with_leaps_then_go_best_first(monkeypatch):
     finished = solve(prob, "miqp")
     assert finished.info["search"] == "leaps" and finished.status == "optimal"
     assert _close(finished.objective, ref.objective)
+
+
+def test_large_blocks_time_slice_leaps_and_best_first(monkeypatch):
+    """Above LEAPS_FULL_P, "auto" runs the portfolio: both searches in alternating slices, one incumbent."""
+    monkeypatch.setattr(miqp_module, "LEAPS_FULL_P", 5)
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_FIRST_SLICE", 1e-6)     # many slices of about one node
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_GROWTH", 1.0)
+    prob = random_problem(14, seed=2, sparsity=0.75, n_samples=30)
+    ref = solve(prob, "enumerate")
+    sol = solve(prob, "miqp")
+    assert sol.info["search"] == "portfolio" and sol.status == "optimal"
+    assert sol.info["slices"] > 2 and sol.info["leaps_nodes"] >= 1 and sol.info["bf_nodes"] >= 1
+    assert sol.info["winner"] in ("leaps", "best_first", "combined")
+    assert _close(sol.objective, ref.objective) and sol.bound <= ref.objective * (1 + REL)
+
+
+def _leaps_instance(seed):
+    rng = np.random.default_rng(seed)
+    p = int(rng.integers(9, 15))
+    k = int(rng.integers(3, p - 1))
+    G = rng.normal(size=(int(rng.integers(2, p)), p))
+    if seed % 2:   # identical columns (the background pixels of an fc1 chunk)
+        G[:, 1:4] = G[:, [0]]
+    F = dense_f(None, G, [1e-3, 1e-5, 1e-8][seed % 3])
+    return F, rng.normal(size=p), k
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_resumed_leaps_equals_one_run(seed):
+    """A search suspended every few nodes (and every 1 µs) visits the same nodes and returns the same answer as
+    one uninterrupted run; while suspended, its current bound is ≤ the optimum and never decreases."""
+    F, w, k = _leaps_instance(seed)
+    one = leaps_search(F, w, k)
+    total = w @ F @ w
+    opt = min(0.5 * (total - _gain(F, w, np.isin(np.arange(w.size), s)))
+              for s in itertools.combinations(range(w.size), k))
+    assert _close(one.value, opt) or abs(one.value - opt) <= 1e-12 * total
+    for slicing in ({"nodes": 1}, {"nodes": 7}, {"until": 0.0}):
+        search = LeapsSearch(F, w, k)
+        pauses, last = 0, -np.inf
+        while not search.run(**slicing):
+            pauses += 1
+            b = search.current_bound()
+            assert b <= opt + 1e-12 * total and b >= last - 1e-15 * total
+            last = b
+        res = search.result()
+        assert (pauses >= 1 or one.nodes <= slicing.get("nodes", 1)) and res.optimal and res.nodes == one.nodes
+        assert np.array_equal(res.keep, one.keep) and res.value == one.value
+
+
+def test_suspended_leaps_closes_with_an_honest_bound():
+    """result() on a suspended search unwinds its stack: not optimal, bound ≤ optimum ≤ value."""
+    F, w, k = _leaps_instance(1)
+    opt = leaps_search(F, w, k).value
+    search = LeapsSearch(F, w, k)
+    assert not search.run(nodes=2)
+    res = search.result()
+    assert not res.optimal and res.bound <= opt + 1e-12 and res.value >= opt - 1e-12
+    assert search.run() is True         # closed: nothing more to do
+
+
+def test_offered_incumbent_prunes_the_resumed_search():
+    """An optimal incumbent offered by another search (in cost units) is kept and prunes: fewer nodes."""
+    F, w, k = _leaps_instance(4)
+    one = leaps_search(F, w, k)
+    search = LeapsSearch(F, w, k)
+    search.run(nodes=1)
+    search.offer_value(one.keep, one.value)
+    search.offer_value(~one.keep, one.value + 1.0)    # a worse one changes nothing
+    while not search.run():
+        pass
+    res = search.result()
+    assert res.optimal and res.value <= one.value + 1e-12 and res.nodes <= one.nodes
+
+
+def test_portfolio_carries_on_best_first_when_leaps_fails_numerically(monkeypatch):
+    """A Schur complement losing definiteness mid-search ends leaps only: best-first still proves the optimum."""
+    from solvers import exact_leaps
+    original = exact_leaps._suffix_gains
+    count = {"n": 0}
+
+    def failing(S, c):
+        count["n"] += 1
+        if count["n"] >= 3:
+            raise NumericalFailure("test")
+        return original(S, c)
+
+    monkeypatch.setattr(exact_leaps, "_suffix_gains", failing)
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_FIRST_SLICE", 1e-6)
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_GROWTH", 1.0)
+    prob = random_problem(22, seed=4, sparsity=0.75)
+    sol = solve(prob, "miqp", search="portfolio")
+    assert count["n"] >= 3 and sol.status == "optimal" and sol.info["winner"] in ("best_first", "combined")
+    assert _close(sol.objective, solve(prob, "enumerate").objective)

@@ -217,3 +217,99 @@ def test_reduced_cost_fixing_stays_exact_at_low_damping(family, damping, objecti
                           sparsity=[0.5, 0.75][seed], gradient=seed == 1, n_samples=None if seed else p // 2)
     for node_shift in (True, False):
         _check_exact(prob, search="best_first", node_shift=node_shift)
+
+
+# -- the portfolio (leaps-and-bounds and best-first time-sliced, one incumbent) ----------------------------
+
+@pytest.fixture
+def tiny_slices(monkeypatch):
+    """Slices of about one node each, so every instance switches searches many times."""
+    import solvers.miqp as miqp_module
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_FIRST_SLICE", 1e-6)
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_GROWTH", 1.0)
+
+
+def _degenerate(seed, p, damping):
+    """Identical gradient columns (fc1 background pixels), zero weights, or both; N below or above p."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 2 * p))
+    G = rng.normal(size=(n, p))
+    w = rng.normal(size=p)
+    kind = seed % 3
+    if kind in (0, 2):
+        G[:, : p // 3] = G[:, [0]] * rng.choice([1.0, -0.5], size=p // 3)   # identical (or scaled) columns
+    if kind in (1, 2):
+        w[rng.choice(p, size=p // 4, replace=False)] = 0.0
+    return Problem(w, G, damping=damping, sparsity=[0.5, 0.75, 0.9, 0.25][seed % 4])
+
+
+PORTFOLIO_CASES = [(seed, damping) for seed in range(8) for damping in (1e-3, 1e-5, 1e-8)]
+
+
+@pytest.mark.parametrize("seed,damping", PORTFOLIO_CASES)
+def test_portfolio_matches_enumeration_on_degenerate_blocks(tiny_slices, seed, damping):
+    rng = np.random.default_rng(100 + seed)
+    prob = _degenerate(seed, int(rng.integers(8, 15)), damping)
+    sol, _ = _check_exact(prob, search="portfolio")
+    assert sol.info["search"] == "portfolio" and sol.info["winner"] in ("leaps", "best_first", "combined")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("seed", range(3))
+def test_portfolio_matches_enumeration_on_random_blocks(tiny_slices, family, seed):
+    rng = np.random.default_rng(seed)
+    p = int(rng.integers(8, 15))
+    prob = random_problem(p, seed=seed, family=family, sparsity=[0.5, 0.75, 0.9][seed],
+                          gradient=seed == 1, damping=[1e-3, 1e-5, 1e-8][seed])
+    _check_exact(prob, search="portfolio")
+
+
+def test_portfolio_stopped_early_is_honest(tiny_slices):
+    """Node and time limits: the incumbent is a real set, the bound ≤ the optimum, the status says why."""
+    prob = _degenerate(8, 14, 1e-5)
+    ref = solve(prob, "enumerate")
+    for options, status in (({"node_limit": 2}, "iteration_limit"), ({"time_limit": 1e-9}, "time_limit")):
+        sol = solve(prob, "miqp", search="portfolio", **options)
+        assert sol.status == status, (options, sol)
+        assert sol.bound <= ref.objective * (1 + 1e-9) + 1e-15 and sol.objective >= ref.objective * (1 - 1e-9)
+
+
+def test_portfolio_with_long_slices_proves_and_counts_both_searches(monkeypatch):
+    """With slices longer than the whole search, the first search to settle proves the optimum."""
+    import solvers.miqp as miqp_module
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_FIRST_SLICE", 1e-4)
+    prob = random_problem(16, seed=5, sparsity=0.75, n_samples=40, damping=1e-5)
+    ref = solve(prob, "enumerate")
+    sol = solve(prob, "miqp", search="portfolio")
+    assert sol.status == "optimal" and _close(sol.objective, ref.objective)
+    assert sol.info["nodes"] == sol.info["leaps_nodes"] + sol.info["bf_nodes"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_best_first_resumed_in_slices_equals_one_run(seed):
+    """BestFirst.run(nodes=1) repeated visits the same nodes and proves the same optimum as one run; its bound
+    while paused is ≤ the optimum and never decreases; an offered optimal incumbent is kept."""
+    from solvers.base import Deadline
+    from solvers.exact_bnb import BestFirst, branch_and_bound, initial_incumbent
+    prob = random_problem(14, seed=seed, sparsity=0.5, n_samples=7, damping=[1e-3, 1e-5, 1e-8][seed])
+    oracle = make_oracle(prob, Deadline(None))
+    z0, v0 = initial_incumbent(prob, oracle, np.abs(prob.weights), max_evals=0)
+    one = branch_and_bound(prob, oracle, z0, v0, deadline=Deadline(None))
+    ref = solve(prob, "enumerate")
+    opt = ref.objective - oracle.offset
+    assert one.optimal and abs(one.value - opt) <= 1e-7 * abs(opt) + 1e-15
+    search = BestFirst(prob, oracle, z0, v0, deadline=Deadline(None))
+    last, pauses = -np.inf, 0
+    while not search.run(nodes=1):
+        pauses += 1
+        assert last - 1e-15 <= search.bound() <= opt + 1e-9 * abs(opt) + 1e-15
+        last = search.bound()
+    res = search.result()
+    assert res.optimal and res.nodes == one.nodes and (pauses >= 1 or one.nodes <= 1)
+    assert np.array_equal(res.keep, one.keep)
+    offered = BestFirst(prob, oracle, z0, v0, deadline=Deadline(None))
+    offered.offer(ref.mask, opt)
+    offered.offer(~ref.mask, opt + 1.0)       # a worse one changes nothing
+    offered.run()
+    got = offered.result()
+    assert got.optimal and got.value <= opt + 1e-12 and np.array_equal(got.keep, ref.mask)

@@ -39,12 +39,13 @@ def _lowrank(p: int, n: int, seed: int = 0, sparsity: float = 0.5) -> Problem:
     return Problem(rng.normal(size=p), rng.normal(size=(n, p)), damping=1e-3, sparsity=sparsity)
 
 
-@pytest.mark.parametrize("n_samples", [200, 800])
-def test_miqp_time_limit_at_p400(n_samples):
-    """N < p: best-first from the start; N > p: the leaps probe, then best-first — both stop on time."""
+@pytest.mark.parametrize("n_samples,search", [(200, "auto"), (800, "auto"), (200, "portfolio")])
+def test_miqp_time_limit_at_p400(n_samples, search):
+    """N < p: best-first from the start; N > p: leaps and best-first time-sliced (the portfolio); the portfolio
+    forced on N < p — all stop on time."""
     prob = random_problem(400, n_samples=n_samples, seed=0, sparsity=0.5)
     start = time.perf_counter()
-    sol = solve(prob, "miqp", time_limit=2.0)
+    sol = solve(prob, "miqp", time_limit=2.0, search=search)
     wall = time.perf_counter() - start
     assert wall <= allowance(2.0), wall
     assert sol.status == "time_limit"
@@ -53,6 +54,7 @@ def test_miqp_time_limit_at_p400(n_samples):
     assert sol.pruned.size == prob.n_prune
     # The incumbent is the best one found: at least as good as OBS pruning, the search's own start point.
     assert sol.objective <= solve(prob, "obs").objective + 1e-12
+    assert sol.info["search"] == ("best_first" if (n_samples, search) == (200, "auto") else "portfolio")
 
 
 @pytest.mark.parametrize("budget", ["total", "2:4"])
@@ -144,6 +146,39 @@ def test_interrupt_in_leaps_node_returns_incumbent_and_bound(monkeypatch, calls)
     assert count["n"] >= calls, "the search ended before the interrupt: pick a larger instance"
     _check_interrupted(prob, sol, full.objective)
     assert sol.info["search"] == "leaps"
+
+
+@pytest.mark.parametrize("target,calls", [("leaps", 2), ("leaps", 60), ("best_first", 1), ("best_first", 4),
+                                          ("between_slices", 3)])
+def test_interrupt_in_portfolio_returns_incumbent_and_bound(monkeypatch, target, calls):
+    """Ctrl-C in either search of the portfolio, or in its driver between slices: the incumbent (a real set of
+    the right size) and a bound ≤ the optimum come back with status "interrupted"."""
+    import solvers.miqp as miqp_module
+    from solvers import exact_leaps
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_FIRST_SLICE", 1e-6)      # slices of about one node
+    monkeypatch.setattr(miqp_module, "PORTFOLIO_GROWTH", 1.0)
+    prob = random_problem(30, seed=0, sparsity=0.75)
+    full = solve(prob, "miqp", search="leaps")
+    assert full.status == "optimal"
+    if target == "leaps":
+        original = exact_leaps._Search.tick
+        count = {"n": 0}
+
+        def tick(self):
+            count["n"] += 1
+            if count["n"] == calls:
+                raise KeyboardInterrupt
+            original(self)
+
+        monkeypatch.setattr(exact_leaps._Search, "tick", tick)
+    elif target == "best_first":
+        count = _interrupt_after(monkeypatch, "solvers.exact_bnb._expand_node", calls)
+    else:
+        count = _interrupt_after(monkeypatch, "offer_value", calls, owner=exact_leaps.LeapsSearch)
+    sol = solve(prob, "miqp", search="portfolio")
+    assert count["n"] >= calls, "the search ended before the interrupt: pick a larger instance"
+    _check_interrupted(prob, sol, full.objective)
+    assert sol.info["search"] == "portfolio"
 
 
 def test_interrupt_in_first_swap_search_returns_incumbent(monkeypatch):

@@ -250,9 +250,11 @@ def _network_run(net: NetworkStudy, spec: SolverSpec, sparsity: float, seed: int
     start = time.perf_counter()
     try:
         data = net.data() if callable(net.data) else net.data
+        # A solver study compares what each solver prunes (and CBS-U): no refit passes unless asked for,
+        # since they move every solver's survivors by the same data-driven steps and blur the comparison.
+        options = {"refits": 0, **dict(net.prune_options)}
         result = prune(model, data, float(sparsity), solver=spec.solver, seed=int(seed),
-                       solver_options=dict(spec.options), time_limit=spec.limit(net.time_limit),
-                       **dict(net.prune_options))
+                       solver_options=dict(spec.options), time_limit=spec.limit(net.time_limit), **options)
     except Exception as exc:
         rec.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         rec.valid, rec.flags = False, "error"
