@@ -259,6 +259,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="reference data folder (default: $CBS_OPT_DATA or ../shared/data)")
     ap.add_argument("--seeds", type=int, default=5, help="number of Fisher samples (seeds 0..S-1); default 5")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="start the seeds here (seeds F..F+S-1), to split a study over runs")
     ap.add_argument("--sparsities", type=str, default=None,
                     help="comma-separated global sparsities (default 0.5,0.6,0.7,0.8,0.9,0.95,0.98)")
     ap.add_argument("--n-samples", type=int, default=1000, help="per-sample gradients N (default 1000)")
@@ -283,7 +285,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    seeds = list(range(1 if args.quick else args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)))
     if args.sparsities:
         sparsities = [float(s) for s in args.sparsities.split(",")]
     else:
