@@ -677,7 +677,7 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
                           blocks=stage_blocks, loss=loss, seed=rseed, device=device, objective="update",
                           batch_size=batch_size, masks=keep, chunk_size=chunk_size, dtype=fisher_dtype,
                           method=fisher_method, memory_limit=memory_limit, gradient_storage=gradient_storage,
-                          storage_dir=storage_dir)
+                          storage_dir=storage_dir, progress=progress)
         scorer = CalibrationScorer(calib[0], calib[1], loss=loss, metric=metric, device=device)
         snapshot = _ModelState(target, names)
 
@@ -693,6 +693,9 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
         if grad_data is not None:
             gradients = block_gradients(bl, mean_gradient(target, *grad_data, names, loss=loss, device=device))
         values, record = refit_pass(bl, evaluate, REFIT_ALPHAS, gradients)
+        if progress:  # one line per pass: long conv-net runs spend minutes here
+            kept = "no step kept" if record["alpha"] is None else f"step α = {record['alpha']:g} kept"
+            print(f"stage {k + 1}, refit pass {r + 1}: held-out loss {record['loss']:.4g}, {kept}", flush=True)
         if values is not None:
             _write(bl, values, live)
             if use_bn:

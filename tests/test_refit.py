@@ -274,3 +274,9 @@ def test_cli_refits_option(capsys):
     assert "sparsity 0.5000" in capsys.readouterr().out
     assert main(["prune", "--model", "digits", "--sparsity", "0.5", "--refits", "-1", "-q"]) == 2
     assert "--refits" in capsys.readouterr().err
+
+
+def test_progress_reports_each_refit_pass(capsys):
+    prune(trained(), data(), 0.7, solver="obs", damping=1e-3, n_samples=100, calibration=300, refits=1,
+          progress=True)
+    assert "stage 1, refit pass 1: held-out loss" in capsys.readouterr().out
