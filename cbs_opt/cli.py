@@ -58,24 +58,21 @@ _nonneg_float = _float_in(lambda v: v >= 0, "expected a non-negative number")
 _sparsity = _float_in(lambda v: 0.0 <= v <= 1.0, "sparsity must be in [0, 1] (a fraction of the weights)")
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+def _int_at_least(minimum: int, message: str):
+    """An argparse type: an integer ``>= minimum``, else "<message>, got …"."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{message}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
+        return value
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+_nonneg_int = _int_at_least(0, "expected an integer >= 0")
+_positive_int = _int_at_least(1, "expected a positive integer")
 
 
 def _options(items: Sequence[str] | None) -> dict[str, Any]:

@@ -132,16 +132,7 @@ def test_interrupt_in_leaps_node_returns_incumbent_and_bound(monkeypatch, calls)
     full = solve(prob, "miqp", search="leaps")            # the reference: proven (cross-checked elsewhere)
     assert full.status == "optimal"
     from solvers import exact_leaps
-    original = exact_leaps._Search.tick
-    count = {"n": 0}
-
-    def tick(self):
-        count["n"] += 1
-        if count["n"] == calls:
-            raise KeyboardInterrupt
-        original(self)
-
-    monkeypatch.setattr(exact_leaps._Search, "tick", tick)
+    count = _interrupt_after(monkeypatch, "tick", calls, owner=exact_leaps._Search)
     sol = solve(prob, "miqp", search="leaps")
     assert count["n"] >= calls, "the search ended before the interrupt: pick a larger instance"
     _check_interrupted(prob, sol, full.objective)
@@ -161,16 +152,7 @@ def test_interrupt_in_portfolio_returns_incumbent_and_bound(monkeypatch, target,
     full = solve(prob, "miqp", search="leaps")
     assert full.status == "optimal"
     if target == "leaps":
-        original = exact_leaps._Search.tick
-        count = {"n": 0}
-
-        def tick(self):
-            count["n"] += 1
-            if count["n"] == calls:
-                raise KeyboardInterrupt
-            original(self)
-
-        monkeypatch.setattr(exact_leaps._Search, "tick", tick)
+        count = _interrupt_after(monkeypatch, "tick", calls, owner=exact_leaps._Search)
     elif target == "best_first":
         count = _interrupt_after(monkeypatch, "solvers.exact_bnb._expand_node", calls)
     else:
