@@ -694,13 +694,15 @@ class Block:
         if self.compact:
             # The stored float32 A = G/√N is the curvature's factor itself: no float64 copy of the block.
             curvature = LowRankCurvature.from_factor(self.grads, self.damping, shared=self._shared)
-            gradient = _column_means(self.grads) * np.sqrt(self.grads.shape[0]) if self.with_gradient else None
+            gradient = self.mean_gradient if self.with_gradient else None
             return Problem(weights=self.weights, curvature=curvature, n_prune=0, objective=self.objective,
                            gradient=gradient)
         grads = np.array(self.grads, dtype=np.float64)  # the block's one float64 copy
         _drop_pages(self.grads)  # the copy is what the problem reads; the file pages can go
         grads.flags.writeable = False
-        gradient = grads.mean(axis=0) if self.with_gradient else None
+        if self.with_gradient and "mean_gradient" not in self.info:  # from the copy: no second read of G
+            self.info["mean_gradient"] = grads.mean(axis=0)
+        gradient = self.mean_gradient if self.with_gradient else None
         curvature = LowRankCurvature(grads, self.damping)
         return Problem(weights=self.weights, curvature=curvature, n_prune=0, objective=self.objective,
                        gradient=gradient)

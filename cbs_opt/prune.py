@@ -668,6 +668,20 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
     last_blocks: list[Block] = []
     last_solutions: list = []
 
+    def put(bl, values, calib) -> None:
+        """Write the block ``values`` into the model, then re-estimate BatchNorm statistics on ``calib`` (if on)."""
+        _write(bl, values, live)
+        if use_bn:
+            recalibrate_batchnorm(target, calib, n_samples=calib[0].shape[0], device=device)
+
+    def trial(bl, values, calib, snapshot: _ModelState, measure):
+        """``measure(model)`` with ``values`` written (and BatchNorm re-estimated), the model then restored."""
+        put(bl, values, calib)
+        try:
+            return measure(target)
+        finally:
+            snapshot.restore()
+
     def refit(k: int, r: int, stage_blocks) -> dict:
         """Refit pass ``r`` after stage ``k`` (:mod:`cbs_opt.refit`): a Fisher at the pruned weights on
         fresh samples, then the best damped Newton step on the kept weights (or none)."""
@@ -683,12 +697,7 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
         snapshot = _ModelState(target, names)
 
         def evaluate(values):
-            _write(bl, values, live)
-            if use_bn:
-                recalibrate_batchnorm(target, calib, n_samples=calib[0].shape[0], device=device)
-            stats = scorer.chunk_stats(target, REFIT_CHUNKS)
-            snapshot.restore()
-            return stats
+            return trial(bl, values, calib, snapshot, lambda model: scorer.chunk_stats(model, REFIT_CHUNKS))
 
         gradients = None
         if grad_data is not None:
@@ -698,9 +707,7 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
             kept = "no step kept" if record["alpha"] is None else f"step α = {record['alpha']:g} kept"
             print(f"stage {k + 1}, refit pass {r + 1}: held-out loss {record['loss']:.4g}, {kept}", flush=True)
         if values is not None:
-            _write(bl, values, live)
-            if use_bn:
-                recalibrate_batchnorm(target, calib, n_samples=calib[0].shape[0], device=device)
+            put(bl, values, calib)
         return record
 
     stage_iter = list(enumerate(schedule_values))
@@ -765,12 +772,7 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
                 return damped, budgets, alloc, sols
 
             def score(values) -> float:
-                _write(bl, values, live)
-                if use_bn:
-                    recalibrate_batchnorm(target, calib, n_samples=calib[0].shape[0], device=device)
-                value = scorer(target)
-                snapshot.restore()
-                return value
+                return trial(bl, values, calib, snapshot, scorer)
 
             def evaluate(cand: Candidate):
                 out = run(cand)
@@ -804,13 +806,11 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
             st["select"] = max(0.0, time.perf_counter() - t_sel - st["curves"] - st["solve"])
 
             t0 = time.perf_counter()
-            _write(damped, values, live)
+            put(damped, values, calib)
             for block, sol in zip(damped, sols):
                 for s in block.param_slices:
                     inside = sol.pruned[(sol.pruned >= s.start) & (sol.pruned < s.stop)] - s.start
                     keep[s.name][s.indices[inside]] = False
-            if use_bn:
-                recalibrate_batchnorm(target, calib, n_samples=calib[0].shape[0], device=device)
             st["write"] = time.perf_counter() - t0
             del bl, snapshot
             t0 = time.perf_counter()

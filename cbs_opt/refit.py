@@ -116,13 +116,13 @@ def refit_pass(blocks: Sequence, evaluate: Callable[[list[np.ndarray]], tuple[np
     def rank(loss, acc):  # lower is better
         return (0.0 if acc is None else -acc, loss)
 
+    per_block = list(gradients) if gradients is not None else [None] * len(blocks)
     cur = evaluate([np.asarray(b.weights) for b in blocks])
     cur_loss, cur_acc = summary(cur)
     record: dict = {"loss": cur_loss, "accuracy": cur_acc, "alpha": None, "steps": []}
     best_values, best_rank = None, None
     for alpha in alphas:
-        values = [newton_point(b, float(alpha), None if gradients is None else g)
-                  for b, g in zip(blocks, gradients if gradients is not None else blocks)]
+        values = [newton_point(b, float(alpha), g) for b, g in zip(blocks, per_block)]
         trial = evaluate(values)
         loss, acc = summary(trial)
         record["steps"].append((float(alpha), loss, acc))
