@@ -34,6 +34,12 @@ Furnival & Wilson's *leaps and bounds* for best-subset regression, used here in 
   incumbent offered meanwhile prunes at once). While suspended, the root's current suffix bound bounds every
   keep-set not yet enumerated (:meth:`LeapsSearch.current_bound`).
 
+* Compiled (total budgets, numba installed): the same loop over an explicit stack of per-level arrays
+  (:mod:`solvers.kernels.leaps_jit`) — the same nodes in the same order and the same answers, ~7x faster on
+  real blocks, where a node of the Python loop is ~20 numpy calls of a few µs each. The clock, node limits,
+  pauses and Ctrl-C are checked between calls of ~2 ms. Partition budgets, ``k ≤ 2`` and blocks whose
+  workspace (one ``p × p`` array per level) exceeds ``COMPILED_MAX_BYTES`` use the Python loop.
+
 This is exact (no relaxation is involved) and strongest when the kept set is small relative to the rank
 of ``F`` — high sparsity, or low-rank blocks with ``k < N`` where the perspective bounds of
 :mod:`solvers.exact_bnb` are only λ-sized. Pruning leaves a numerical allowance of ``1e-12·w̃ᵀF w̃`` on the
@@ -49,6 +55,7 @@ from scipy.linalg.lapack import dpotrf as _potrf, dtrtrs as _trtrs
 
 from .base import Deadline
 from .exact_core import note_interrupt
+from .kernels import leaps_jit
 
 __all__ = ["leaps_search", "LeapsSearch", "LeapsResult", "NumericalFailure"]
 
@@ -57,6 +64,14 @@ __all__ = ["leaps_search", "LeapsSearch", "LeapsResult", "NumericalFailure"]
 NUMERICAL_ALLOWANCE = 1e-12
 _CHECK_EVERY = 256          # nodes between progress updates (the clock is read at every node: a node at
                             # p = 400 costs ~10 ms, so counting nodes between reads broke time limits)
+# Total budgets run the compiled node loop (:mod:`solvers.kernels.leaps_jit`, same nodes and answers as the
+# Python one, ~7x faster on real blocks) when numba is installed (False: the Python loop, for A/B measurement).
+COMPILED = True
+# It keeps one p × p array per level: used up to this workspace size.
+COMPILED_MAX_BYTES = 64 * 2 ** 20
+# Seconds one call into the compiled loop aims at: the clock is read between calls (the node count per call
+# adapts to the measured node rate, from one node up).
+COMPILED_SLICE_SECONDS = 0.002
 
 
 class NumericalFailure(ArithmeticError):
@@ -242,7 +257,7 @@ class LeapsSearch:
 
     def __init__(self, F: np.ndarray, w: np.ndarray, k: int, *, incumbent: np.ndarray | None = None,
                  deadline: Deadline | None = None, node_limit: int | None = None, rel_gap: float = 1e-9,
-                 abs_gap: float = 0.0, progress: bool = False, groups=None):
+                 abs_gap: float = 0.0, progress: bool = False, groups=None, compiled: bool | None = None):
         F = np.ascontiguousarray(F, dtype=float)
         w = np.asarray(w, dtype=float)
         p = w.size
@@ -286,6 +301,11 @@ class LeapsSearch:
         self.done = False
         self._closed = False
         self._gen = None
+        self._jit = None
+        if (COMPILED if compiled is None else compiled) and ids is None and k >= 3 and leaps_jit.AVAILABLE \
+                and leaps_jit.workspace_bytes(p, k) <= COMPILED_MAX_BYTES:
+            self._jit = _CompiledState(F, c, k, self.st)
+            return
         if k <= 2:
             self._root = lambda: _leaf(self.st, 0.0, F[np.ix_(idx0, idx0)], c[idx0], idx0, k, [], need)
         else:
@@ -294,6 +314,11 @@ class LeapsSearch:
     @property
     def nodes(self) -> int:
         return self.st.nodes
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled node loop runs this search (module constant ``COMPILED``)."""
+        return self._jit is not None
 
     @property
     def value(self) -> float:
@@ -310,6 +335,8 @@ class LeapsSearch:
         if gain > self.st.best_gain:
             self.st.best_keep, self.st.best_gain = np.asarray(keep, dtype=bool).copy(), gain
             self.st._refresh_threshold()
+            if self._jit is not None:
+                self._jit.push()
 
     def current_bound(self) -> float:
         """A proven lower bound now, without closing the search (cost units, offset excluded).
@@ -332,6 +359,9 @@ class LeapsSearch:
         st.pause_at = until
         st.pause_nodes = None if nodes is None else st.nodes + int(nodes)
         st.pause_due = False
+        if self._jit is not None:
+            self.done = self._jit.run(self.deadline)
+            return self.done
         try:
             if self._gen is None:
                 self._root()
@@ -354,6 +384,10 @@ class LeapsSearch:
         st = self.st
         st.stopped = True
         st.pause_due = False
+        if self._jit is not None:
+            self._jit.unwind()
+            self.done = True
+            return
         try:
             for _ in self._gen:        # every suspended frame records its open bound and returns
                 pass
@@ -379,12 +413,133 @@ class LeapsSearch:
         bound = min(value, 0.5 * (self.total - best_bound_gain))
         # Stopping only matters if it left a subtree unexplored (a stop at the very last node proves optimality).
         return LeapsResult(st.best_keep, value, bound, optimal=st.open_max == -np.inf, nodes=st.nodes,
-                           info={"search": "leaps", "interrupted": st.interrupted})
+                           info={"search": "leaps", "interrupted": st.interrupted,
+                                 "compiled": self.compiled})
+
+
+class _CompiledState:
+    """The compiled node loop's arrays (:mod:`solvers.kernels.leaps_jit`) and its driver.
+
+    The incumbent, counters and recorded bounds live in the shared :class:`_Search` ``st`` between calls:
+    :meth:`push` copies them into the kernel's arrays (an incumbent offered by another search), :meth:`pull`
+    back. The clock, node limits, pauses and Ctrl-C are checked between calls of ``COMPILED_SLICE_SECONDS``.
+    """
+
+    def __init__(self, F: np.ndarray, c: np.ndarray, k: int, st: _Search):
+        p = c.size
+        levels = k - 2
+        self.k, self.st = k, st
+        self.S = np.empty((levels, p, p))
+        self.c = np.empty((levels, p))
+        self.idx = np.empty((levels, p), dtype=np.int64)
+        self.bnd = np.empty((levels, p))
+        self.ints = np.zeros(leaps_jit.LEVELS0 + 3 * levels, dtype=np.int64)
+        self.reals = np.zeros(leaps_jit.GAIN0 + levels)
+        self.best_keep = np.zeros(k, dtype=np.int64)
+        self.bufs = (np.empty((p, p)), np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p),
+                     np.empty(p))
+        self.chunk = 1
+        self.reals[leaps_jit.PRUNED_MAX] = -np.inf
+        self.push()
+        Sbuf, cbuf, ibuf, Lbuf, ybuf, key = self.bufs
+        self.kernels = leaps_jit.compiled()
+        if not self.kernels["enter_root"](F, c, self.S, self.c, self.idx, self.bnd, self.ints, self.reals,
+                                          Lbuf, ybuf, key):
+            raise NumericalFailure("Schur complement not positive definite")
+        self.reals[leaps_jit.ROOT_UB] = st.total
+        self.pull()
+
+    def push(self) -> None:
+        st, r = self.st, self.reals
+        r[leaps_jit.BEST] = st.best_gain
+        r[leaps_jit.THRESHOLD] = st.threshold
+        r[leaps_jit.PRUNED_MAX] = max(r[leaps_jit.PRUNED_MAX], st.pruned_max)
+        if st.best_keep is not None:
+            self.best_keep[:] = np.flatnonzero(st.best_keep)[:self.k]
+
+    def pull(self) -> None:
+        st, r = self.st, self.reals
+        st.nodes = int(self.ints[leaps_jit.NODES])
+        st.pruned_max = float(r[leaps_jit.PRUNED_MAX])
+        st.root_ub = float(r[leaps_jit.ROOT_UB])
+        if r[leaps_jit.BEST] > st.best_gain:
+            keep = np.zeros(st.p, dtype=bool)
+            keep[self.best_keep] = True
+            st.best_keep, st.best_gain = keep, float(r[leaps_jit.BEST])
+            st._refresh_threshold()
+
+    def run(self, deadline) -> bool:
+        """Advance until the end, the pause (``st.pause_at`` / ``st.pause_nodes``), the node limit or the clock;
+        returns whether the search has ended (a stop unwinds at once, recording the open bounds)."""
+        st = self.st
+        Sbuf, cbuf, ibuf, Lbuf, ybuf, key = self.bufs
+        try:
+            self.push()
+            first = True        # a slice always advances (as the Python loop, which pauses after a node)
+            while True:
+                if deadline.expired() or st.node_limit is not None and st.nodes >= st.node_limit:
+                    st.stopped = True
+                    self.unwind()
+                    return True
+                if not first and (st.pause_nodes is not None and st.nodes >= st.pause_nodes
+                                  or st.pause_at is not None and time.perf_counter() >= st.pause_at):
+                    return False
+                first = False
+                budget = self.chunk
+                for cap in (st.pause_nodes, st.node_limit):
+                    if cap is not None:
+                        budget = min(budget, cap - st.nodes)
+                budget = max(budget, 1)
+                start = time.perf_counter()
+                code = self.kernels["run_nodes"](self.k, self.S, self.c, self.idx, self.bnd, self.ints, self.reals,
+                                           self.best_keep, st.total, st.rel_gap, st.abs_gap, st.allowance,
+                                           budget, Sbuf, cbuf, ibuf, Lbuf, ybuf, key)
+                elapsed = time.perf_counter() - start
+                before = st.nodes
+                self.pull()
+                if st.bar is not None and st.nodes // _CHECK_EVERY > before // _CHECK_EVERY:
+                    st.bar.update(st.nodes - st.bar.n)
+                    st.bar.set_postfix(best=f"{0.5 * (st.total - st.best_gain):.6g}", refresh=False)
+                if code == leaps_jit.NUMERICAL:
+                    raise NumericalFailure("Schur complement not positive definite")
+                if code == leaps_jit.DONE:
+                    return True
+                done = st.nodes - before
+                if done >= budget:   # a full call: size the next one to the slice time
+                    rate = done / max(elapsed, 1e-7)
+                    self.chunk = int(min(max(1.0, rate * COMPILED_SLICE_SECONDS), 4.0 * self.chunk + 1))
+        except KeyboardInterrupt:
+            st.interrupted = st.stopped = True
+            note_interrupt(deadline)
+            self.pull()
+            self.unwind()
+            return True
+
+    def unwind(self) -> None:
+        """Close a stopped search: every level's next child (and so every later one, smaller suffix bounds)
+        is recorded as pruned (bound below the incumbent's threshold) or open."""
+        st = self.st
+        self.pull()
+        L = self.ints.size - leaps_jit.LEVELS0
+        L //= 3
+        depth = int(self.ints[leaps_jit.DEPTH])
+        n_of = self.ints[leaps_jit.LEVELS0:leaps_jit.LEVELS0 + L]
+        t_of = self.ints[leaps_jit.LEVELS0 + L:leaps_jit.LEVELS0 + 2 * L]
+        for lv in range(depth):
+            t, n, b = int(t_of[lv]), int(n_of[lv]), self.k - lv
+            if t > n - b:
+                continue
+            ub = float(self.bnd[lv, t])
+            if ub <= st.threshold:
+                st.pruned_max = max(st.pruned_max, ub)
+            else:
+                st.open_max = max(st.open_max, ub)
+        self.ints[leaps_jit.DEPTH] = 0
 
 
 def leaps_search(F: np.ndarray, w: np.ndarray, k: int, *, incumbent: np.ndarray | None = None,
                  deadline: Deadline | None = None, node_limit: int | None = None, rel_gap: float = 1e-9,
-                 abs_gap: float = 0.0, progress: bool = False, groups=None) -> LeapsResult:
+                 abs_gap: float = 0.0, progress: bool = False, groups=None, compiled: bool | None = None) -> LeapsResult:
     """Maximise ``gain(S)`` over ``|S| = k`` (module doc) for a positive definite ``F`` and Newton point ``w``.
 
     ``incumbent``: an optional bool keep-vector to start from (prunes from the first node).
@@ -395,7 +550,7 @@ def leaps_search(F: np.ndarray, w: np.ndarray, k: int, *, incumbent: np.ndarray 
     ``KeyboardInterrupt`` stops the search with the incumbent and an honest bound (``info["interrupted"]``).
     """
     search = LeapsSearch(F, w, k, incumbent=incumbent, deadline=deadline, node_limit=node_limit,
-                         rel_gap=rel_gap, abs_gap=abs_gap, progress=progress, groups=groups)
+                         rel_gap=rel_gap, abs_gap=abs_gap, progress=progress, groups=groups, compiled=compiled)
     try:
         search.run()
     finally:

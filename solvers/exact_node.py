@@ -37,10 +37,10 @@ class NodeProblem:
         self.free, self.c0, self.oracle, self.shift = free, c0, oracle, shift
 
 
-def _oracle_from_arrays(B: np.ndarray, d: np.ndarray, w: np.ndarray) -> UpdateOracle:
-    """An :class:`UpdateOracle` on given arrays (no Problem needed)."""
+def _oracle_from_arrays(B: np.ndarray, d: np.ndarray, w: np.ndarray, R: np.ndarray | None = None) -> UpdateOracle:
+    """An :class:`UpdateOracle` on given arrays (no Problem needed); ``R = BᵀB`` when known."""
     o = UpdateOracle.__new__(UpdateOracle)
-    o.p, o.B, o.d, o.w = w.size, B, d, w
+    o.p, o.B, o.d, o.w, o.R = w.size, B, d, w, R
     o.b = B @ w
     o.const = 0.5 * float(d @ (w * w))
     o.offset = 0.0
@@ -92,31 +92,36 @@ class NodeReducer:
         B, d, shift = _split(S, wu)
         if B is None:
             return NodeProblem(free, c0, None, 0.0)
-        return NodeProblem(free, max(c0, 0.0), _oracle_from_arrays(B, d, wu), shift)
+        return NodeProblem(free, max(c0, 0.0), _oracle_from_arrays(B, d, wu, S - np.diag(d)), shift)
 
 
 def _split(S: np.ndarray, w: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, float]:
-    """``S = BᵀB + diag(d)`` with the better of the uniform and the diagonally scaled eigenvalue shift."""
+    """``S = BᵀB + diag(d)`` with the better of the uniform and the diagonally scaled eigenvalue shift.
+
+    The two shifts need only the smallest eigenvalues (``eigvalsh``); ``B`` is then the Cholesky factor of
+    ``S − D`` (any factor serves: the oracle uses only ``BᵀB``), positive definite thanks to ``SHIFT_SAFETY``.
+    Where that factorisation fails numerically, ``B`` is the clipped square root from ``eigh``.
+    """
     n = S.shape[0]
-    vals, vecs = np.linalg.eigh(S)
-    mu = float(vals[0]) * SHIFT_SAFETY
     diag = np.diag(S).copy()
     weight = w * w
     best = None
+    mu = float(np.linalg.eigvalsh(S)[0]) * SHIFT_SAFETY
     if mu > 0:
-        best = (mu * float(weight.sum()), np.full(n, mu), vals - mu, vecs, None)
+        best = (mu * float(weight.sum()), np.full(n, mu))
     if np.all(diag > 0):
         s = 1.0 / np.sqrt(diag)
-        svals, svecs = np.linalg.eigh(S * s[:, None] * s[None, :])
-        nu = float(svals[0]) * SHIFT_SAFETY
+        nu = float(np.linalg.eigvalsh(S * s[:, None] * s[None, :])[0]) * SHIFT_SAFETY
         if nu > 0 and (best is None or nu * float(diag @ weight) > best[0]):
-            best = (nu * float(diag @ weight), nu * diag, svals - nu, svecs, s)
+            best = (nu * float(diag @ weight), nu * diag)
     if best is None:
         return None, np.zeros(n), 0.0
-    _, d, ev, V, s = best
+    d = best[1]
+    R = S - np.diag(d)
+    L, info = _potrf(R, lower=1, clean=1, overwrite_a=0)
+    if info == 0:
+        return L.T, d, float(np.min(d))
+    ev, V = np.linalg.eigh(R)
     ev = np.clip(ev, 0.0, None)
-    B = (V * np.sqrt(ev)).T                      # S − D = VΛVᵀ (uniform) ...
-    if s is not None:
-        B = B / s[None, :]                       # ... or Σ⁻¹VΛVᵀΣ⁻¹ (scaled)
     keep = ev > 1e-14 * max(1.0, float(ev[-1]))
-    return B[keep], d, float(np.min(d))
+    return (V[:, keep] * np.sqrt(ev[keep])).T, d, float(np.min(d))

@@ -262,22 +262,39 @@ def test_offered_incumbent_prunes_the_resumed_search():
     assert res.optimal and res.value <= one.value + 1e-12 and res.nodes <= one.nodes
 
 
-def test_portfolio_carries_on_best_first_when_leaps_fails_numerically(monkeypatch):
-    """A Schur complement losing definiteness mid-search ends leaps only: best-first still proves the optimum."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_portfolio_carries_on_best_first_when_leaps_fails_numerically(monkeypatch, compiled):
+    """A Schur complement losing definiteness mid-search ends leaps only: best-first still proves the optimum
+    (the Python node loop raising from its suffix factorisation, the compiled one returning its code)."""
     from solvers import exact_leaps
-    original = exact_leaps._suffix_gains
+    from solvers.kernels import leaps_jit
     count = {"n": 0}
+    if compiled:
+        if not leaps_jit.AVAILABLE:
+            pytest.skip("numba is not installed")
+        kernels = leaps_jit.compiled()
+        real = kernels["run_nodes"]
 
-    def failing(S, c):
-        count["n"] += 1
-        if count["n"] >= 3:
-            raise NumericalFailure("test")
-        return original(S, c)
+        def failing_kernel(*args):
+            count["n"] += 1
+            return leaps_jit.NUMERICAL if count["n"] >= 3 else real(*args)
 
-    monkeypatch.setattr(exact_leaps, "_suffix_gains", failing)
+        monkeypatch.setitem(kernels, "run_nodes", failing_kernel)
+    else:
+        original = exact_leaps._suffix_gains
+
+        def failing(S, c):
+            count["n"] += 1
+            if count["n"] >= 3:
+                raise NumericalFailure("test")
+            return original(S, c)
+
+        monkeypatch.setattr(exact_leaps, "COMPILED", False)
+        monkeypatch.setattr(exact_leaps, "_suffix_gains", failing)
     monkeypatch.setattr(miqp_module, "PORTFOLIO_FIRST_SLICE", 1e-6)
     monkeypatch.setattr(miqp_module, "PORTFOLIO_GROWTH", 1.0)
     prob = random_problem(22, seed=4, sparsity=0.75)
     sol = solve(prob, "miqp", search="portfolio")
+    assert sol.info["compiled"] is compiled
     assert count["n"] >= 3 and sol.status == "optimal" and sol.info["winner"] in ("best_first", "combined")
     assert _close(sol.objective, solve(prob, "enumerate").objective)

@@ -126,21 +126,45 @@ def test_interrupt_in_best_first_node_returns_incumbent_and_bound(monkeypatch, c
     assert sol.info["search"] == "best_first"
 
 
+def _interrupt_leaps(monkeypatch, calls, compiled):
+    """Ctrl-C in the ``calls``-th leaps node: the Python loop's node tick, or (compiled) the ``calls``-th call
+    of the compiled loop, each call then advancing one node."""
+    from solvers import exact_leaps
+    if not compiled:
+        monkeypatch.setattr(exact_leaps, "COMPILED", False)
+        return _interrupt_after(monkeypatch, "tick", calls, owner=exact_leaps._Search)
+    from solvers.kernels import leaps_jit
+    if not leaps_jit.AVAILABLE:
+        pytest.skip("numba is not installed")
+    kernels = leaps_jit.compiled()
+    real = kernels["run_nodes"]
+    count = {"n": 0}
+
+    def one_node_per_call(*args):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise KeyboardInterrupt
+        return real(*args[:12], 1, *args[13:])      # args[12] is the node budget
+
+    monkeypatch.setitem(kernels, "run_nodes", one_node_per_call)
+    return count
+
+
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("calls", [2, 50, 400])
-def test_interrupt_in_leaps_node_returns_incumbent_and_bound(monkeypatch, calls):
+def test_interrupt_in_leaps_node_returns_incumbent_and_bound(monkeypatch, calls, compiled):
     prob = random_problem(30, seed=0, sparsity=0.75)     # thousands of leaps nodes
     full = solve(prob, "miqp", search="leaps")            # the reference: proven (cross-checked elsewhere)
     assert full.status == "optimal"
-    from solvers import exact_leaps
-    count = _interrupt_after(monkeypatch, "tick", calls, owner=exact_leaps._Search)
+    count = _interrupt_leaps(monkeypatch, calls, compiled)
     sol = solve(prob, "miqp", search="leaps")
     assert count["n"] >= calls, "the search ended before the interrupt: pick a larger instance"
     _check_interrupted(prob, sol, full.objective)
     assert sol.info["search"] == "leaps"
 
 
-@pytest.mark.parametrize("target,calls", [("leaps", 2), ("leaps", 60), ("best_first", 1), ("best_first", 4),
-                                          ("between_slices", 3)])
+@pytest.mark.parametrize("target,calls", [("leaps", 2), ("leaps", 60), ("compiled leaps", 2), ("compiled leaps", 60),
+                                          ("best_first", 1), ("best_first", 4), ("between_slices", 3)])
 def test_interrupt_in_portfolio_returns_incumbent_and_bound(monkeypatch, target, calls):
     """Ctrl-C in either search of the portfolio, or in its driver between slices: the incumbent (a real set of
     the right size) and a bound ≤ the optimum come back with status "interrupted"."""
@@ -151,8 +175,8 @@ def test_interrupt_in_portfolio_returns_incumbent_and_bound(monkeypatch, target,
     prob = random_problem(30, seed=0, sparsity=0.75)
     full = solve(prob, "miqp", search="leaps")
     assert full.status == "optimal"
-    if target == "leaps":
-        count = _interrupt_after(monkeypatch, "tick", calls, owner=exact_leaps._Search)
+    if target.endswith("leaps"):
+        count = _interrupt_leaps(monkeypatch, calls, compiled=target == "compiled leaps")
     elif target == "best_first":
         count = _interrupt_after(monkeypatch, "solvers.exact_bnb._expand_node", calls)
     else:
