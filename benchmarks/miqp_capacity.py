@@ -13,6 +13,7 @@ for "selection"). Prints a Markdown table: seconds (or the gap left at the limit
     python benchmarks/miqp_capacity.py --grid --dampings 1e-3 1e-4 1e-5 --time-limit 60     # issue 14's grid
     python benchmarks/miqp_capacity.py --grid --blocks "fc2 rows 0-1" --dampings 1e-3 --engines highs
     python benchmarks/miqp_capacity.py --grid --pattern 2:4 --engines highs gurobi           # N:M budgets
+    python benchmarks/miqp_capacity.py --grid --blocks "fc2 rows 0-1" --dampings 1e-5 --engines highs gurobi:dense scip
     python benchmarks/miqp_capacity.py --grid --dampings 1e-5 --engines highs \
         --blocks "fc1 row 0, cols 0-63" "fc1 row 5, cols 200-263"                          # any fc1 chunk
 
@@ -110,9 +111,11 @@ def grid_blocks(data: str | None, n_samples: int, names: list[str] | None):
 
 
 def run(prob: Problem, engine: str, time_limit: float):
-    """One solve; ``engine`` is an engine name, or ``highs:<search>`` to force the highs engine's search."""
-    engine, _, search = engine.partition(":")
-    options = {"search": search} if search else {}
+    """One solve; ``engine`` is an engine name, ``highs:<search>`` to force the highs engine's search, or
+    ``gurobi:<formulation>`` / ``scip:<formulation>`` to pick the Pyomo model (``gurobi:dense`` has 2p
+    variables and fits Gurobi's size-limited pip licence up to p ≈ 100, where the low-rank model does not)."""
+    engine, _, variant = engine.partition(":")
+    options = {("search" if engine == "highs" else "formulation"): variant} if variant else {}
     t = time.perf_counter()
     try:
         sol = solve(prob, "miqp", engine=engine, time_limit=time_limit, **options)

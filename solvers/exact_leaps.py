@@ -520,8 +520,7 @@ class _CompiledState:
         is recorded as pruned (bound below the incumbent's threshold) or open."""
         st = self.st
         self.pull()
-        L = self.ints.size - leaps_jit.LEVELS0
-        L //= 3
+        L = (self.ints.size - leaps_jit.LEVELS0) // 3
         depth = int(self.ints[leaps_jit.DEPTH])
         n_of = self.ints[leaps_jit.LEVELS0:leaps_jit.LEVELS0 + L]
         t_of = self.ints[leaps_jit.LEVELS0 + L:leaps_jit.LEVELS0 + 2 * L]

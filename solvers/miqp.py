@@ -101,7 +101,7 @@ PORTFOLIO_GROWTH = 1.5
 # or above GAP_HIGH (stalled far from the incumbent, as at tiny dampings) SHARE_MAX, linear in between; the
 # first pair is split evenly (measured: docs/benchmarks/miqp_capacity.md).
 PORTFOLIO_LEAPS_SHARE = 0.5
-PORTFOLIO_SHARE_MIN, PORTFOLIO_SHARE_MAX = 0.1, 0.8
+PORTFOLIO_SHARE_MIN, PORTFOLIO_SHARE_MAX = 0.1, 0.9
 PORTFOLIO_GAP_LOW, PORTFOLIO_GAP_HIGH = 0.1, 0.3
 _TRACE: list | None = None      # measurement hook: a list gets one tuple per slice pair
 # Best-first nodes tried on a "selection" problem before HiGHS takes over on the MILP linearisation.

@@ -203,6 +203,19 @@ def test_large_blocks_time_slice_leaps_and_best_first(monkeypatch):
     assert _close(sol.objective, ref.objective) and sol.bound <= ref.objective * (1 + REL)
 
 
+def test_leaps_share_follows_best_first_gap():
+    """Leaps' share of a slice pair: the floor while best-first closes, the ceiling while it stalls, monotone
+    in between, and the ceiling when best-first has no finite bound yet."""
+    share = miqp_module._leaps_share
+    lo, hi = miqp_module.PORTFOLIO_SHARE_MIN, miqp_module.PORTFOLIO_SHARE_MAX
+    assert 0.0 < lo < hi < 1.0
+    assert share(0.95, 1.0) == pytest.approx(lo) and share(0.0, 1.0) == pytest.approx(hi)
+    assert share(-np.inf, 1.0) == pytest.approx(hi)
+    gaps = np.linspace(0.0, 1.0, 21)
+    values = [share(1.0 - g, 1.0) for g in gaps]
+    assert all(b >= a for a, b in zip(values, values[1:]))
+
+
 def _leaps_instance(seed):
     rng = np.random.default_rng(seed)
     p = int(rng.integers(9, 15))
@@ -214,10 +227,22 @@ def _leaps_instance(seed):
     return F, rng.normal(size=p), k
 
 
+def _node_loop(monkeypatch, compiled):
+    """Run this test's leaps searches on the Python node loop or on the compiled one."""
+    from solvers import exact_leaps
+    from solvers.kernels import leaps_jit
+    if compiled and not leaps_jit.AVAILABLE:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(exact_leaps, "COMPILED", compiled)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_resumed_leaps_equals_one_run(seed):
+def test_resumed_leaps_equals_one_run(monkeypatch, seed, compiled):
     """A search suspended every few nodes (and every 1 µs) visits the same nodes and returns the same answer as
-    one uninterrupted run; while suspended, its current bound is ≤ the optimum and never decreases."""
+    one uninterrupted run; while suspended, its current bound is ≤ the optimum and never decreases (both node
+    loops)."""
+    _node_loop(monkeypatch, compiled)
     F, w, k = _leaps_instance(seed)
     one = leaps_search(F, w, k)
     total = w @ F @ w
@@ -233,6 +258,7 @@ def test_resumed_leaps_equals_one_run(seed):
             assert b <= opt + 1e-12 * total and b >= last - 1e-15 * total
             last = b
         res = search.result()
+        assert res.info["compiled"] is compiled
         assert (pauses >= 1 or one.nodes <= slicing.get("nodes", 1)) and res.optimal and res.nodes == one.nodes
         assert np.array_equal(res.keep, one.keep) and res.value == one.value
 
@@ -248,8 +274,11 @@ def test_suspended_leaps_closes_with_an_honest_bound():
     assert search.run() is True         # closed: nothing more to do
 
 
-def test_offered_incumbent_prunes_the_resumed_search():
-    """An optimal incumbent offered by another search (in cost units) is kept and prunes: fewer nodes."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_offered_incumbent_prunes_the_resumed_search(monkeypatch, compiled):
+    """An optimal incumbent offered by another search (in cost units) is kept and prunes: fewer nodes (the
+    Python node loop and the compiled one)."""
+    _node_loop(monkeypatch, compiled)
     F, w, k = _leaps_instance(4)
     one = leaps_search(F, w, k)
     search = LeapsSearch(F, w, k)
@@ -259,6 +288,7 @@ def test_offered_incumbent_prunes_the_resumed_search():
     while not search.run():
         pass
     res = search.result()
+    assert res.info["compiled"] is compiled
     assert res.optimal and res.value <= one.value + 1e-12 and res.nodes <= one.nodes
 
 

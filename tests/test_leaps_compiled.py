@@ -76,27 +76,6 @@ def test_compiled_loop_equals_python_loop_on_larger_blocks(seed):
     assert abs(jit.value - py.value) <= 1e-9 * abs(py.value)
 
 
-@pytest.mark.parametrize("slicing", [{"nodes": 1}, {"nodes": 13}, {"until": 0.0}])
-@pytest.mark.parametrize("seed", range(4))
-def test_paused_compiled_search_resumes_where_it_stopped(seed, slicing):
-    """Suspended every node / 13 nodes / at once: same nodes and answer as one run; while suspended the current
-    bound is ≤ the optimum and never decreases."""
-    F, w, k = _instance(seed, (10, 15))
-    one = leaps_search(F, w, k)
-    opt, total = _optimum(F, w, k)
-    search = LeapsSearch(F, w, k)
-    last, pauses = -np.inf, 0
-    while not search.run(**slicing):
-        pauses += 1
-        b = search.current_bound()
-        assert b <= opt + 1e-12 * total and b >= last - 1e-15 * total
-        last = b
-    res = search.result()
-    assert res.info["compiled"] and res.optimal and res.nodes == one.nodes
-    assert np.array_equal(res.keep, one.keep)
-    assert pauses >= 1 or one.nodes <= slicing.get("nodes", 1)
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_stopped_compiled_search_is_honest(seed):
     """A node limit or a closed suspended search: never "optimal" unless finished, bound ≤ optimum ≤ value."""
@@ -146,19 +125,6 @@ def test_interrupt_in_the_compiled_loop_returns_incumbent_and_bound(monkeypatch)
     res = leaps_search(F, w, k, deadline=Deadline(None))
     assert res.info["interrupted"] and not res.optimal
     assert res.keep.sum() == k and res.bound <= opt + 1e-12 * total and res.value >= opt - 1e-12 * total
-
-
-def test_offered_incumbent_prunes_the_compiled_search():
-    F, w, k = _instance(4, (12, 15))
-    one = leaps_search(F, w, k)
-    search = LeapsSearch(F, w, k)
-    search.run(nodes=1)
-    search.offer_value(one.keep, one.value)
-    search.offer_value(~one.keep, one.value + 1.0)          # a worse one changes nothing
-    while not search.run():
-        pass
-    res = search.result()
-    assert res.info["compiled"] and res.optimal and res.value <= one.value + 1e-12 and res.nodes <= one.nodes
 
 
 def test_python_loop_where_the_compiled_one_does_not_apply(monkeypatch):

@@ -191,52 +191,57 @@ def run_nodes(k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, best_keep, total, rel_
         child_gain = gain_of[lv] + ct * ct / piv
         kept_of[lv] = idx[t]
         m = n - t - 1
-        # The child: Schur complement of S on the suffix after t, conditioned on keeping position t.
-        for i in range(m):
-            si = S[t + 1 + i, t]
-            f = si / piv
-            cbuf[i] = c[t + 1 + i] - si * (ct / piv)
-            ibuf[i] = idx[t + 1 + i]
-            for j in range(i + 1):
-                v = S[t + 1 + i, t + 1 + j] - f * S[t + 1 + j, t]
-                Sbuf[i, j] = v
-                Sbuf[j, i] = v
         ints[NODES] += 1
         bc = b - 1
         if bc <= 2:
-            # Leaf: every single / pair in closed form.
+            # Leaf: every single / pair in closed form, on the conditioned entries computed on the fly (the
+            # child's Schur complement is never stored: half the memory traffic of a leaf).
+            for i in range(m):
+                si = S[t, t + 1 + i]
+                cbuf[i] = c[t + 1 + i] - si * (ct / piv)
+                dii = S[t + 1 + i, t + 1 + i] - si * (si / piv)
+                if not dii > 0.0:
+                    return NUMERICAL
+                ybuf[i] = dii
+                key[i] = si / piv
             best_v = -np.inf
             ba = -1
             bb = -1
-            for i in range(m):
-                if not Sbuf[i, i] > 0.0:
-                    return NUMERICAL
             if bc == 1:
                 for i in range(m):
-                    v = cbuf[i] * cbuf[i] / Sbuf[i, i]
+                    v = cbuf[i] * cbuf[i] / ybuf[i]
                     if v > best_v:
                         best_v = v
                         ba = i
-                if ba >= 0:
-                    _offer(reals, ints, best_keep, depth, child_gain + best_v, ibuf[ba], -1,
-                           total, rel_gap, abs_gap, allowance)
             else:
                 for a in range(m):
                     ca = cbuf[a]
-                    da = Sbuf[a, a]
+                    da = ybuf[a]
+                    fa = key[a]
+                    row = t + 1 + a
                     for e in range(a + 1, m):
                         ce = cbuf[e]
-                        de = Sbuf[e, e]
-                        sae = Sbuf[a, e]
+                        de = ybuf[e]
+                        sae = S[row, t + 1 + e] - fa * S[t, t + 1 + e]     # S is symmetric: row t
                         v = (ca * ca * de - 2.0 * ca * ce * sae + ce * ce * da) / (da * de - sae * sae)
                         if v > best_v:
                             best_v = v
                             ba = a
                             bb = e
-                if ba >= 0:
-                    _offer(reals, ints, best_keep, depth, child_gain + best_v, ibuf[ba], ibuf[bb],
-                           total, rel_gap, abs_gap, allowance)
+            if ba >= 0:
+                _offer(reals, ints, best_keep, depth, child_gain + best_v, idx[t + 1 + ba],
+                       idx[t + 1 + bb] if bb >= 0 else -1, total, rel_gap, abs_gap, allowance)
             continue
+        # The child: Schur complement of S on the suffix after t, conditioned on keeping position t.
+        for i in range(m):
+            si = S[t, t + 1 + i]
+            f = si / piv
+            cbuf[i] = c[t + 1 + i] - si * (ct / piv)
+            ibuf[i] = idx[t + 1 + i]
+            for j in range(i + 1):
+                v = S[t + 1 + i, t + 1 + j] - f * S[t, t + 1 + j]
+                Sbuf[i, j] = v
+                Sbuf[j, i] = v
         nl = lv + 1
         if not _order_into(Sbuf, cbuf, ibuf, m, S_ws[nl], c_ws[nl], idx_ws[nl], key):
             return NUMERICAL
