@@ -437,14 +437,14 @@ class _CompiledState:
         self.reals = np.zeros(leaps_jit.GAIN0 + levels)
         self.best_keep = np.zeros(k, dtype=np.int64)
         self.bufs = (np.empty((p, p)), np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p),
-                     np.empty(p))
+                     np.empty(p), np.empty(p, dtype=np.int64))
         self.chunk = 1
         self.reals[leaps_jit.PRUNED_MAX] = -np.inf
         self.push()
-        Sbuf, cbuf, ibuf, Lbuf, ybuf, key = self.bufs
+        Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf = self.bufs
         self.kernels = leaps_jit.compiled()
         if not self.kernels["enter_root"](F, c, self.S, self.c, self.idx, self.bnd, self.ints, self.reals,
-                                          Lbuf, ybuf, key):
+                                          Lbuf, ybuf, key, obuf):
             raise NumericalFailure("Schur complement not positive definite")
         self.reals[leaps_jit.ROOT_UB] = st.total
         self.pull()
@@ -472,7 +472,6 @@ class _CompiledState:
         """Advance until the end, the pause (``st.pause_at`` / ``st.pause_nodes``), the node limit or the clock;
         returns whether the search has ended (a stop unwinds at once, recording the open bounds)."""
         st = self.st
-        Sbuf, cbuf, ibuf, Lbuf, ybuf, key = self.bufs
         try:
             self.push()
             first = True        # a slice always advances (as the Python loop, which pauses after a node)
@@ -493,7 +492,7 @@ class _CompiledState:
                 start = time.perf_counter()
                 code = self.kernels["run_nodes"](self.k, self.S, self.c, self.idx, self.bnd, self.ints, self.reals,
                                            self.best_keep, st.total, st.rel_gap, st.abs_gap, st.allowance,
-                                           budget, Sbuf, cbuf, ibuf, Lbuf, ybuf, key)
+                                           budget, *self.bufs)
                 elapsed = time.perf_counter() - start
                 before = st.nodes
                 self.pull()

@@ -119,7 +119,7 @@ def test_interrupt_in_the_compiled_loop_returns_incumbent_and_bound(monkeypatch)
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(*args[:-7], 1, *args[-6:])      # one node per call, so that there is a third call
+        return real(*args[:12], 1, *args[13:])      # args[12] is the node budget: one node per call
 
     monkeypatch.setitem(kernels, "run_nodes", interrupted_on_third_call)
     res = leaps_search(F, w, k, deadline=Deadline(None))

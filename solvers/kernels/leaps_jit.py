@@ -65,7 +65,7 @@ def compiled() -> dict:
     return _COMPILED
 
 
-def _order_into(src_S, src_c, src_idx, n, S_out, c_out, idx_out, scratch_key):
+def _order_into(src_S, src_c, src_idx, n, S_out, c_out, idx_out, scratch_key, order):
     """Copy ``(src_S, src_c, src_idx)[:n]`` into the outputs ordered by single gain, largest first (stable).
 
     Returns False when a diagonal entry is not positive (the Schur complement lost definiteness)."""
@@ -74,7 +74,14 @@ def _order_into(src_S, src_c, src_idx, n, S_out, c_out, idx_out, scratch_key):
         if not dii > 0.0:
             return False
         scratch_key[i] = -(src_c[i] * src_c[i] / dii)
-    order = np.argsort(scratch_key[:n], kind="mergesort")
+    # Stable insertion sort into a preallocated buffer: n ≤ a few hundred, and no allocation per node.
+    for i in range(n):
+        kv = scratch_key[i]
+        j = i - 1
+        while j >= 0 and scratch_key[order[j]] > kv:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = i
     for a in range(n):
         oa = order[a]
         c_out[a] = src_c[oa]
@@ -135,12 +142,12 @@ def _offer(reals, ints, best_keep, depth, gain, last_a, last_b, total, rel_gap, 
     _refresh_threshold(reals, total, rel_gap, abs_gap, allowance)
 
 
-def enter_root(F, c, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, Lbuf, ybuf, key):
+def enter_root(F, c, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, Lbuf, ybuf, key, obuf):
     """Set up level 0 from the full ``F`` and ``c`` (one node counted). False on a non-positive pivot."""
     p = c.size
     L = (ints.size - LEVELS0) // 3
     idx = np.arange(p)
-    if not _order_into(F, c, idx, p, S_ws[0], c_ws[0], idx_ws[0], key):
+    if not _order_into(F, c, idx, p, S_ws[0], c_ws[0], idx_ws[0], key, obuf):
         return False
     if not _suffix_bounds(S_ws[0], c_ws[0], p, 0.0, Lbuf, ybuf, bnd_ws[0]):
         return False
@@ -153,7 +160,7 @@ def enter_root(F, c, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, Lbuf, ybuf, key):
 
 
 def run_nodes(k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, best_keep, total, rel_gap, abs_gap, allowance,
-              node_budget, Sbuf, cbuf, ibuf, Lbuf, ybuf, key):
+              node_budget, Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf):
     """Advance the search (module doc) by at most ``node_budget`` nodes; returns DONE, PAUSED or NUMERICAL."""
     L = (ints.size - LEVELS0) // 3
     n_of = ints[LEVELS0:LEVELS0 + L]
@@ -243,7 +250,7 @@ def run_nodes(k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, best_keep, total, rel_
                 Sbuf[i, j] = v
                 Sbuf[j, i] = v
         nl = lv + 1
-        if not _order_into(Sbuf, cbuf, ibuf, m, S_ws[nl], c_ws[nl], idx_ws[nl], key):
+        if not _order_into(Sbuf, cbuf, ibuf, m, S_ws[nl], c_ws[nl], idx_ws[nl], key, obuf):
             return NUMERICAL
         if not _suffix_bounds(S_ws[nl], c_ws[nl], m, child_gain, Lbuf, ybuf, bnd_ws[nl]):
             return NUMERICAL
