@@ -388,7 +388,11 @@ class Problem:
             why = "empty file" if not head else "not an .npz (zip) archive"
             raise ProblemFileError(f"not a cbs-opt problem file ({label}: {why})")
         try:
-            with np.load(source, allow_pickle=False) as data:
+            if hasattr(source, "read"):
+                with np.load(source, allow_pickle=False) as data:
+                    return cls._from_npz(data, label)
+            # Our own handle: np.load leaves the file it opened unclosed when the archive is corrupt.
+            with open(source, "rb") as fh, np.load(fh, allow_pickle=False) as data:
                 return cls._from_npz(data, label)
         except ProblemFileError:
             raise

@@ -304,8 +304,10 @@ class LeapsSearch:
         self._jit = None
         if (COMPILED if compiled is None else compiled) and ids is None and k >= 3 and leaps_jit.AVAILABLE \
                 and leaps_jit.workspace_bytes(p, k) <= COMPILED_MAX_BYTES:
-            self._jit = _CompiledState(F, c, k, self.st)
-            return
+            kernels = leaps_jit.compiled()      # None (with one warning) where numba cannot compile here
+            if kernels is not None:
+                self._jit = _CompiledState(F, c, k, self.st, kernels)
+                return
         if k <= 2:
             self._root = lambda: _leaf(self.st, 0.0, F[np.ix_(idx0, idx0)], c[idx0], idx0, k, [], need)
         else:
@@ -425,7 +427,7 @@ class _CompiledState:
     back. The clock, node limits, pauses and Ctrl-C are checked between calls of ``COMPILED_SLICE_SECONDS``.
     """
 
-    def __init__(self, F: np.ndarray, c: np.ndarray, k: int, st: _Search):
+    def __init__(self, F: np.ndarray, c: np.ndarray, k: int, st: _Search, kernels: dict):
         p = c.size
         levels = k - 2
         self.k, self.st = k, st
@@ -442,7 +444,7 @@ class _CompiledState:
         self.reals[leaps_jit.PRUNED_MAX] = -np.inf
         self.push()
         Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf = self.bufs
-        self.kernels = leaps_jit.compiled()
+        self.kernels = kernels
         if not self.kernels["enter_root"](F, c, self.S, self.c, self.idx, self.bnd, self.ints, self.reals,
                                           Lbuf, ybuf, key, obuf):
             raise NumericalFailure("Schur complement not positive definite")

@@ -160,3 +160,22 @@ def test_miqp_runs_the_compiled_loop_and_proves_the_enumerated_optimum():
     ref = solve(prob, "enumerate")
     assert sol.status == "optimal" and sol.info["compiled"]
     assert abs(sol.objective - ref.objective) <= 1e-7 * abs(ref.objective)
+
+
+def test_a_numba_that_cannot_compile_falls_back_to_the_python_loop(monkeypatch):
+    """numba installed but unusable here (e.g. a numpy it does not support): one warning, the Python loop, the
+    same answer — never a failed solve."""
+    F, w, k = _instance(5, (9, 12))
+    ref = leaps_search(F, w, k, compiled=False)
+    monkeypatch.setattr(leaps_jit, "_COMPILED", None)
+    monkeypatch.setattr(leaps_jit, "AVAILABLE", True)
+
+    def broken(plain):
+        raise RuntimeError("no LLVM here")
+
+    monkeypatch.setattr(leaps_jit, "_compile", broken)
+    with pytest.warns(RuntimeWarning, match="Python loop"):
+        res = leaps_search(F, w, k)
+    assert not leaps_jit.AVAILABLE and not res.info["compiled"]
+    assert res.optimal and res.nodes == ref.nodes and res.value == ref.value
+    assert not leaps_search(F, w, k).info["compiled"]          # no second attempt, no second warning

@@ -50,19 +50,46 @@ def workspace_bytes(p: int, k: int) -> int:
 _COMPILED: dict | None = None
 
 
-def compiled() -> dict:
-    """The compiled kernels by name (``enter_root``, ``run_nodes``), compiled on first use.
+def compiled() -> dict | None:
+    """The compiled kernels by name (``enter_root``, ``run_nodes``), compiled on first use; ``None`` (after
+    one warning, and ``AVAILABLE`` turned off) where numba is installed but cannot compile them here — the
+    searches then keep the Python loop instead of failing.
 
     The helpers are rebound to their compiled versions in this module's globals first: numba resolves the
     callees of ``run_nodes`` by global name when it compiles it."""
-    global _COMPILED
-    if _COMPILED is None:
-        import numba
-        jit = numba.njit(cache=True, nogil=True)
-        for name in ("_order_into", "_suffix_bounds", "_refresh_threshold", "_offer", "enter_root", "run_nodes"):
-            globals()[name] = jit(globals()[name])
-        _COMPILED = {"enter_root": enter_root, "run_nodes": run_nodes}
+    global _COMPILED, AVAILABLE
+    if _COMPILED is None and AVAILABLE:
+        names = ("_order_into", "_suffix_bounds", "_refresh_threshold", "_offer", "enter_root", "run_nodes")
+        plain = {name: globals()[name] for name in names}
+        try:
+            _COMPILED = _compile(plain)
+        except Exception as exc:  # an unsupported numpy/numba pair, no compiler back end, ...
+            globals().update(plain)
+            AVAILABLE = False
+            import warnings
+            warnings.warn(f"the compiled leaps-and-bounds loop is unavailable ({type(exc).__name__}: {exc}); "
+                          "the exact search uses its Python loop (slower, same answers)", RuntimeWarning,
+                          stacklevel=2)
     return _COMPILED
+
+
+def _compile(plain: dict) -> dict:
+    import numba
+    jit = numba.njit(cache=True, nogil=True)
+    for name, fn in plain.items():
+        globals()[name] = jit(fn)
+    # Compile now (numba compiles lazily, at the first call), so that a failure shows here and not mid-search.
+    p = 4
+    S = np.eye(p) * 2.0 + 0.5
+    ws = (np.empty((2, p, p)), np.empty((2, p)), np.empty((2, p), dtype=np.int64), np.empty((2, p)))
+    ints = np.zeros(LEVELS0 + 6, dtype=np.int64)
+    reals = np.zeros(GAIN0 + 2)
+    reals[PRUNED_MAX] = -np.inf
+    bufs = (np.empty((p, p)), np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p),
+            np.empty(p), np.empty(p, dtype=np.int64))
+    enter_root(S, np.ones(p), *ws, ints, reals, bufs[3], bufs[4], bufs[5], bufs[6])
+    run_nodes(4, *ws, ints, reals, np.zeros(4, dtype=np.int64), 1.0, 0.0, 0.0, 0.0, 1, *bufs)
+    return {"enter_root": enter_root, "run_nodes": run_nodes}
 
 
 def _order_into(src_S, src_c, src_idx, n, S_out, c_out, idx_out, scratch_key, order):
