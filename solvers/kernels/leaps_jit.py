@@ -15,7 +15,10 @@ State (all numpy arrays, owned by :class:`solvers.exact_leaps.LeapsSearch`; ``L 
   child of level ``l`` not yet started (a paused search resumes there), ``kept_l`` the weight level ``l``
   added for the level below;
 * ``reals``: ``[best_gain, threshold, pruned_max, root_ub, gain_0 … gain_{L−1}]``;
-* ``best_keep (k,)``: the incumbent's indices.
+* ``best_keep (k,)``: the incumbent's indices;
+* scratch, overwritten at every node: ``Sbuf (p, p)``, ``cbuf (p)``, ``ibuf (p, int)`` (an unordered child),
+  ``Lbuf (p, p)``, ``ybuf (p)`` (the factorisation; a leaf's conditioned diagonal), ``key (p)`` (sort keys; a
+  leaf's pivot column), ``obuf (p, int)`` (the sort order).
 
 :func:`run_nodes` advances until the search ends or ``node_budget`` nodes have been counted (then it stops
 *before* a child, the same pause point as the Python search); the caller reads the clock between calls.
