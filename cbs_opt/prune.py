@@ -594,7 +594,7 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     sparsity = _check_sparsity(sparsity)
-    if isinstance(stages, bool) or not isinstance(stages, numbers.Integral) or stages < 1:
+    if not _is_count(stages, 1):
         raise InvalidArgumentError(f"stages must be a positive integer, got {stages!r}")
     if attach not in ("direct", "torch_prune"):
         raise InvalidArgumentError(f"attach must be 'direct' or 'torch_prune', got {attach!r}")
@@ -602,19 +602,19 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
         allocation = "optimal"
     if allocation not in ("optimal", "uniform"):
         raise InvalidArgumentError(f"allocation must be 'optimal' or 'uniform', got {allocation!r}")
-    if isinstance(curve_points, bool) or not isinstance(curve_points, numbers.Integral) or curve_points < 2:
+    if not _is_count(curve_points, 2):
         raise InvalidArgumentError(f"curve_points must be an integer >= 2, got {curve_points!r}")
     if objective not in ("update", "selection"):
         raise InvalidArgumentError(f"objective must be 'update' or 'selection', got {objective!r}")
     if select not in ("auto", "loss", "accuracy", None, False):
         raise InvalidArgumentError(f"select must be 'auto', 'loss', 'accuracy' or None, got {select!r}")
-    if isinstance(calibration, bool) or not isinstance(calibration, numbers.Integral) or calibration < 1:
+    if not _is_count(calibration, 1):
         raise InvalidArgumentError(f"calibration must be a positive number of samples, got {calibration!r}")
     if recalibrate_bn not in (None, True, False):
         raise InvalidArgumentError(f"recalibrate_bn must be None, True or False, got {recalibrate_bn!r}")
     if curve_solver not in ("auto", "scores"):
         get_backend(curve_solver)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+    if not _is_count(n_samples, 1):
         raise InvalidArgumentError(f"n_samples must be a positive integer, got {n_samples!r}")
     cands = _candidates(solver, damping, solver_options)
     if hasattr(data, "__len__") and len(data) == 0:
@@ -634,10 +634,12 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
             f"one per selected tensor ({len(names)}); the largest usable sparsity here is "
             f"{(n_total - len(names)) / n_total:.6g}")
 
+    # log-likelihood losses: accuracy is meaningful, and the empirical Fisher estimates their Hessian
+    likelihood = isinstance(loss, str) and loss in ("cross_entropy", "nll")
     metric = None  # how held-out samples score the model: candidates and refit steps
     if select not in (None, False):
         if select == "auto":
-            metric = "accuracy" if isinstance(loss, str) and loss in ("cross_entropy", "nll") else "loss"
+            metric = "accuracy" if likelihood else "loss"
         else:
             metric = select
     choose = metric is not None and len(cands) > 1
@@ -645,11 +647,10 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
         update_rules: list[Damping] = []
     else:
         update_rules = list(dict.fromkeys(c.damping for c in cands))
-    n_refits = _check_refits(refits, metric=metric, update=update,
-                             likelihood=isinstance(loss, str) and loss in ("cross_entropy", "nll"))
+    n_refits = _check_refits(refits, metric=metric, update=update, likelihood=likelihood)
     if isinstance(refit_samples, str) and refit_samples == "auto":
         n_refit_samples = REFIT_SAMPLES_PER_ROW * int(n_samples) * batch_size
-    elif isinstance(refit_samples, bool) or not isinstance(refit_samples, numbers.Integral) or refit_samples < 0:
+    elif not _is_count(refit_samples, 0):
         raise InvalidArgumentError(f"refit_samples must be 'auto' or a number of samples >= 0, got {refit_samples!r}")
     else:
         n_refit_samples = int(refit_samples)  # 0: the mean of the Fisher's own gradient rows
@@ -667,6 +668,15 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
     records: list[StageRecord] = []
     last_blocks: list[Block] = []
     last_solutions: list = []
+
+    def fisher_blocks(fisher_data, stage_blocks, fisher_seed: int, kind: str, with_gradient: bool):
+        """The Fisher blocks of the current (pruned) weights on ``fisher_data``, under the first candidate's
+        damping (re-damped per candidate / per refit step)."""
+        return build_blocks(target, fisher_data, params=names, n_samples=n_samples, damping=cands[0].damping,
+                            blocks=stage_blocks, loss=loss, seed=fisher_seed, device=device, objective=kind,
+                            batch_size=batch_size, masks=keep, gradient=with_gradient, chunk_size=chunk_size,
+                            dtype=fisher_dtype, progress=progress, method=fisher_method,
+                            memory_limit=memory_limit, gradient_storage=gradient_storage, storage_dir=storage_dir)
 
     def put(bl, values, calib) -> None:
         """Write the block ``values`` into the model, then re-estimate BatchNorm statistics on ``calib`` (if on)."""
@@ -688,11 +698,7 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
         rseed = seed + k + REFIT_SEED_STRIDE * (r + 1)
         fisher_data, calib, grad_data = _refit_samples(data, int(n_samples) * batch_size, int(calibration),
                                                        n_refit_samples, rseed)
-        bl = build_blocks(target, fisher_data, params=names, n_samples=n_samples, damping=cands[0].damping,
-                          blocks=stage_blocks, loss=loss, seed=rseed, device=device, objective="update",
-                          batch_size=batch_size, masks=keep, chunk_size=chunk_size, dtype=fisher_dtype,
-                          method=fisher_method, memory_limit=memory_limit, gradient_storage=gradient_storage,
-                          storage_dir=storage_dir, progress=progress)
+        bl = fisher_blocks(fisher_data, stage_blocks, rseed, "update", False)
         scorer = CalibrationScorer(calib[0], calib[1], loss=loss, metric=metric, device=device)
         snapshot = _ModelState(target, names)
 
@@ -725,7 +731,7 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
             m_new = max(0, int(round(stage_sparsity * n_total)) - n_pruned)
             if m_new == 0:
                 continue
-            st = {"gradients": 0.0, "curves": 0.0, "solve": 0.0, "select": 0.0, "write": 0.0, "refit": 0.0}
+            st = dict.fromkeys(timings, 0.0)
             t0 = time.perf_counter()
             if need_calib:
                 fisher_data, calib = _split_samples(data, int(n_samples) * batch_size, int(calibration), seed + k)
@@ -738,12 +744,7 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
                 stage_blocks = blocks
             # the Fisher once per stage, under the first candidate's damping (re-damped per candidate below)
             last_blocks = []  # let the previous stage's gradients go before this stage's are computed
-            bl = build_blocks(target, fisher_data, params=names, n_samples=n_samples, damping=cands[0].damping,
-                              blocks=stage_blocks, loss=loss, seed=seed + k, device=device, objective=objective,
-                              batch_size=batch_size, masks=keep, gradient=gradient, chunk_size=chunk_size,
-                              dtype=fisher_dtype, progress=progress, method=fisher_method,
-                              memory_limit=memory_limit, gradient_storage=gradient_storage,
-                              storage_dir=storage_dir)
+            bl = fisher_blocks(fisher_data, stage_blocks, seed + k, objective, gradient)
             st["gradients"] = time.perf_counter() - t0
             structured = None
             if structure is not None:  # per-group counts of every block: this stage's share of the final ones
@@ -852,6 +853,11 @@ def prune(model: nn.Module, data, sparsity: float | None = None, solver: str | S
                        n_total=n_total)
 
 
+def _is_count(value, low: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) ``>= low``."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= low
+
+
 def _check_refits(refits, *, metric, update: bool, likelihood: bool) -> int:
     """The number of refit passes per stage: ``"auto"`` → :data:`REFIT_PASSES` when held-out scoring is on,
     the survivors are updated and the loss is a log-likelihood (cross_entropy, nll: the losses whose
@@ -860,7 +866,7 @@ def _check_refits(refits, *, metric, update: bool, likelihood: bool) -> int:
     held-out scoring (a ``select``) and ``update=True``."""
     if isinstance(refits, str) and refits == "auto":
         return REFIT_PASSES if metric is not None and update and likelihood else 0
-    if isinstance(refits, bool) or not isinstance(refits, numbers.Integral) or refits < 0:
+    if not _is_count(refits, 0):
         raise InvalidArgumentError(f"refits must be 'auto' or a number of passes >= 0, got {refits!r}")
     if refits and metric is None:
         raise InvalidArgumentError(f"refits={refits} needs held-out scoring to choose its steps; "
