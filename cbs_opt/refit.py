@@ -38,8 +38,8 @@ from .damping import Damping
 from .fisher import LossSpec, _prepare_targets, resolve_loss
 from .selection import significantly_better
 
-__all__ = ["REFIT_ALPHAS", "REFIT_SAMPLES_PER_ROW", "REFIT_CHUNKS", "REFIT_Z", "newton_point", "refit_pass", "mean_gradient",
-           "block_gradients"]
+__all__ = ["REFIT_ALPHAS", "REFIT_SAMPLES_PER_ROW", "REFIT_CHUNKS", "REFIT_Z", "newton_point", "refit_pass",
+           "mean_gradient", "block_gradients"]
 
 # relative dampings of the refit step, shortest step last (measured on MLPNet: 1 wins at 0.98, 10 at 0.9-0.95)
 REFIT_ALPHAS = (0.3, 1.0, 3.0, 10.0, 100.0)

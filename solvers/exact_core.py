@@ -327,9 +327,10 @@ class UpdateOracle:
     def _cut_on_support(self, z: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray]:
         """The same cut through ``R = BᵀB`` on the support ``s = {i : z_i > 0}`` (Woodbury), O(p² + |s|³).
 
-        With ``u = (1−z)∘w̃``, ``t = Ru`` and ``y = (diag(d_s/z_s) + R_ss)⁻¹ t_s``: ``Bᵀα = −t + R_{:,s} y``,
-        ``αᵀb = (Bᵀα)ᵀw̃`` and ``‖α‖² = uᵀt − 2t_sᵀy + yᵀR_ss y`` — no product with ``B`` and an
-        ``|s| × |s|`` factorisation instead of a (rows of B)² one: cheaper whenever few weights are kept.
+        With ``u = (1−z)∘w̃``, ``t = Ru`` and ``y = (diag(d_s/z_s) + R_ss)⁻¹ t_s``:
+        ``Bᵀα = −t + R_{:,s} y``, ``αᵀb = (Bᵀα)ᵀw̃`` and ``‖α‖² = uᵀt − 2t_sᵀy + yᵀR_ss y`` — no product
+        with ``B`` and an ``|s| × |s|`` factorisation instead of a (rows of B)² one: cheaper whenever few
+        weights are kept.
         """
         R, d, w = self.R, self.d, self.w
         u = (1.0 - z) * w

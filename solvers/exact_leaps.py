@@ -539,7 +539,8 @@ class _CompiledState:
 
 def leaps_search(F: np.ndarray, w: np.ndarray, k: int, *, incumbent: np.ndarray | None = None,
                  deadline: Deadline | None = None, node_limit: int | None = None, rel_gap: float = 1e-9,
-                 abs_gap: float = 0.0, progress: bool = False, groups=None, compiled: bool | None = None) -> LeapsResult:
+                 abs_gap: float = 0.0, progress: bool = False, groups=None,
+                 compiled: bool | None = None) -> LeapsResult:
     """Maximise ``gain(S)`` over ``|S| = k`` (module doc) for a positive definite ``F`` and Newton point ``w``.
 
     ``incumbent``: an optional bool keep-vector to start from (prunes from the first node).

@@ -11,8 +11,9 @@ instead of leaps alone):
   (:mod:`solvers.exact_leaps`): the cost is ``½w̃ᵀFw̃ − ½gain(S)`` with a monotone ``gain``; a subtree that
   may only add weights from a suffix of an ordered candidate list is bounded by the gain of keeping that
   whole suffix (all suffixes from one Cholesky factorisation), the last two levels are evaluated in closed
-  form; the node loop is compiled (numba) for total budgets. No relaxation is involved. Strongest at high sparsity and whenever the kept set is small against
-  the rank of ``F`` (real blocks with N > p; low-rank blocks keeping fewer than N weights).
+  form; the node loop is compiled (numba) for total budgets. No relaxation is involved. Strongest at high
+  sparsity and whenever the kept set is small against the rank of ``F`` (real blocks with N > p; low-rank
+  blocks keeping fewer than N weights).
 * ``search="best_first"`` — best-first branch-and-bound (:mod:`solvers.exact_bnb`) on the convex
   under-estimator ``φ`` of :mod:`solvers.exact_core` (perspective form for "update", diagonally shifted QP
   for "selection"), with:
@@ -103,7 +104,6 @@ PORTFOLIO_GROWTH = 1.5
 PORTFOLIO_LEAPS_SHARE = 0.5
 PORTFOLIO_SHARE_MIN, PORTFOLIO_SHARE_MAX = 0.1, 0.9
 PORTFOLIO_GAP_LOW, PORTFOLIO_GAP_HIGH = 0.1, 0.3
-_TRACE: list | None = None      # measurement hook: a list gets one tuple per slice pair
 # Best-first nodes tried on a "selection" problem before HiGHS takes over on the MILP linearisation.
 SELECTION_PROBE_NODES = 2000
 # Share of the time limit the swap search for the first incumbent may use (the rest is for the proof).
@@ -367,9 +367,6 @@ def _run_portfolio(problem, oracle, z0, v0, b0, *, deadline, rel_gap, abs_gap, p
                 if not bf.stopped:
                     winner = "best_first"
                 break
-            if _TRACE is not None:
-                _TRACE.append((deadline.elapsed(), slice_s, 0 if leaps is None else leaps.nodes, bf.nodes,
-                               bf.bound(), leaps.current_bound() if leaps_active else leaps_bound, incumbent()[1]))
             slice_s *= PORTFOLIO_GROWTH
             share = _leaps_share(bf.bound(), incumbent()[1])
     except KeyboardInterrupt:       # between slices: keep what both searches have
