@@ -49,14 +49,15 @@ def _optimum(F, w, k):
 def test_compiled_loop_equals_python_loop_and_enumeration(seed):
     F, w, k = _instance(seed)
     py = leaps_search(F, w, k, compiled=False)
-    jit = leaps_search(F, w, k, compiled=True)
+    jit = leaps_search(F, w, k, compiled=True, dominance=False)
     assert jit.info["compiled"] and not py.info["compiled"]
     opt, total = _optimum(F, w, k)
     for res in (py, jit):
         assert res.optimal and res.keep.sum() == k
         assert abs(res.value - opt) <= 1e-7 * abs(opt) + 1e-12 * total
         assert res.bound <= res.value
-    assert jit.nodes == py.nodes
+    if opt > 1e-9 * total:      # a zero-cost optimum ties bounds with the incumbent to rounding: trees may differ
+        assert jit.nodes == py.nodes
     assert abs(jit.value - py.value) <= 1e-9 * abs(py.value) + 1e-13 * total
 
 
@@ -70,7 +71,7 @@ def test_compiled_loop_equals_python_loop_on_larger_blocks(seed):
     F = dense_f(None, G, [1e-3, 1e-5][seed % 2])
     w = rng.normal(size=30)
     py = leaps_search(F, w, 8, compiled=False)
-    jit = leaps_search(F, w, 8)
+    jit = leaps_search(F, w, 8, dominance=False)
     assert jit.info["compiled"] and py.optimal and jit.optimal
     assert jit.nodes == py.nodes > 100
     assert abs(jit.value - py.value) <= 1e-9 * abs(py.value)

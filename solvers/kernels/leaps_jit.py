@@ -1,8 +1,9 @@
 """Compiled node loop of leaps-and-bounds (numba; private kernel of :mod:`solvers.exact_leaps`).
 
-The same depth-first search as :func:`solvers.exact_leaps._expand` — candidates ordered by single gain
-``c_j²/S_jj``, suffix bounds ``gain(K) + c_Vᵀ S_VV⁻¹ c_V`` from one Cholesky factorisation of the reversed
-Schur complement, children by a rank-one update, the last two levels in closed form — with the recursion
+The same depth-first search as :func:`solvers.exact_leaps._expand` — candidates ordered by greedy deletion,
+suffix bounds ``gain(K) + c_Vᵀ S_VV⁻¹ c_V`` from one Cholesky factorisation of the reversed ordered Schur
+complement, children by a rank-one update, the last two levels in closed form, plus the duplicate-group rule
+(:mod:`solvers.exact_leaps` module doc) — with the recursion
 replaced by an explicit stack of preallocated per-level arrays, so that a node costs its flops and not
 ~20 numpy calls (measured in ``docs/benchmarks/miqp_capacity.md``). Total budgets only; partition budgets
 stay on the Python search.
@@ -17,8 +18,13 @@ State (all numpy arrays, owned by :class:`solvers.exact_leaps.LeapsSearch`; ``L 
 * ``reals``: ``[best_gain, threshold, pruned_max, root_ub, gain_0 … gain_{L−1}]``;
 * ``best_keep (k,)``: the incumbent's indices;
 * scratch, overwritten at every node: ``Sbuf (p, p)``, ``cbuf (p)``, ``ibuf (p, int)`` (an unordered child),
-  ``Lbuf (p, p)``, ``ybuf (p)`` (the factorisation; a leaf's conditioned diagonal), ``key (p)`` (sort keys; a
-  leaf's pivot column), ``obuf (p, int)`` (the sort order).
+  ``Lbuf (p, p)``, ``ybuf (p)`` (the factorisations; a leaf's conditioned diagonal), ``key (p)`` (a leaf's
+  pivot column), ``obuf (p, int)`` (the order), ``Hbuf (p, p)`` (the inverse the greedy deletion downdates),
+  ``rbuf (p, int)`` (removed flags);
+* duplicate groups (:func:`duplicate_state`; no groups: empty arrays, the checks cost nothing): each
+  weight's group and rank, the groups' full masks, per level the kept and pruned members as bit masks by
+  rank (the pruned mask grows as the level's loop skips candidates), scratch for a child's masks and its
+  forced-pruned members, and ``mark (p, int)`` (a leaf's skipped candidates; a child's surviving positions).
 
 :func:`run_nodes` advances until the search ends or ``node_budget`` nodes have been counted (then it stops
 *before* a child, the same pause point as the Python search); the caller reads the clock between calls.
@@ -47,7 +53,7 @@ NODES, DEPTH, LEVELS0 = 0, 1, 2
 def workspace_bytes(p: int, k: int) -> int:
     """Bytes of the per-level workspace for a block of ``p`` weights keeping ``k``."""
     levels = max(k - 2, 1)
-    return 8 * (levels * p * p + 4 * levels * p + 3 * p * p)
+    return 8 * (levels * p * p + 4 * levels * p + 4 * p * p)
 
 
 _COMPILED: dict | None = None
@@ -62,7 +68,8 @@ def compiled() -> dict | None:
     callees of ``run_nodes`` by global name when it compiles it."""
     global _COMPILED, AVAILABLE
     if _COMPILED is None and AVAILABLE:
-        names = ("_order_into", "_suffix_bounds", "_refresh_threshold", "_offer", "enter_root", "run_nodes")
+        names = ("_suffix_bounds", "_inverse_into", "_deletion_order", "_refresh_threshold", "_offer", "_low_bit", "_high_bit",
+                 "_bit_count", "_dominance_allows", "enter_root", "run_nodes")
         plain = {name: globals()[name] for name in names}
         try:
             _COMPILED = _compile(plain)
@@ -89,36 +96,145 @@ def _compile(plain: dict) -> dict:
     reals = np.zeros(GAIN0 + 2)
     reals[PRUNED_MAX] = -np.inf
     bufs = (np.empty((p, p)), np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p),
-            np.empty(p), np.empty(p, dtype=np.int64))
-    enter_root(S, np.ones(p), *ws, ints, reals, bufs[3], bufs[4], bufs[5], bufs[6])
-    run_nodes(4, *ws, ints, reals, np.zeros(4, dtype=np.int64), 1.0, 0.0, 0.0, 0.0, 1, *bufs)
+            np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p, dtype=np.int64))
+    root_bufs = (bufs[3], bufs[4], bufs[6], bufs[7], bufs[8])
+    enter_root(S, np.ones(p), 4, *ws, ints, reals, *root_bufs)
+    dom = no_duplicates(p, 2)
+    run_nodes(4, *ws, ints, reals, np.zeros(4, dtype=np.int64), 1.0, 0.0, 0.0, 0.0, 1, *bufs, *dom)
+    ints[:] = 0
+    reals[:] = 0.0
+    reals[PRUNED_MAX] = -np.inf
+    enter_root(S, np.ones(p), 4, *ws, ints, reals, *root_bufs)
+    dom = duplicate_state(np.array([0, 0, -1, -1]), np.array([0, 1, 0, 0]), 2, p)
+    run_nodes(4, *ws, ints, reals, np.zeros(4, dtype=np.int64), 1.0, 0.0, 0.0, 0.0, 1, *bufs, *dom)
     return {"enter_root": enter_root, "run_nodes": run_nodes}
 
 
-def _order_into(src_S, src_c, src_idx, n, S_out, c_out, idx_out, scratch_key, order):
-    """Copy ``(src_S, src_c, src_idx)[:n]`` into the outputs ordered by single gain, largest first (stable).
+# Largest duplicate group one bit mask holds (larger groups are split; any part of a group is a group).
+GROUP_BITS = 62
 
-    Returns False when a diagonal entry is not positive (the Schur complement lost definiteness)."""
+
+def duplicate_state(group_of, rank_of, levels: int, p: int) -> tuple:
+    """The kernel's dominance arrays for duplicate groups (``group_of[j]``: group of weight ``j`` or −1;
+    ``rank_of[j]``: its rank in the group, < ``GROUP_BITS``): ``(group_of, rank_of, full masks, kept masks
+    per level, pruned masks per level, scratch (3, groups), mark (p,))``."""
+    group_of = np.ascontiguousarray(group_of, dtype=np.int64)
+    rank_of = np.ascontiguousarray(rank_of, dtype=np.int64)
+    ng = int(group_of.max()) + 1 if group_of.size and group_of.max() >= 0 else 0
+    full = np.zeros(ng, dtype=np.int64)
+    for g in range(ng):
+        size = int(np.count_nonzero(group_of == g))
+        full[g] = (1 << size) - 1
+    levels = max(levels, 1)
+    return (group_of, rank_of, full, np.zeros((levels, ng), dtype=np.int64),
+            np.zeros((levels, ng), dtype=np.int64), np.zeros((3, ng), dtype=np.int64),
+            np.zeros(p, dtype=np.int64))
+
+
+def no_duplicates(p: int, levels: int) -> tuple:
+    """Dominance arrays for a search without duplicate groups (the checks cost nothing)."""
+    return duplicate_state(np.full(p, -1), np.zeros(p), levels, p)
+
+
+def _inverse_into(S, n, L, H):
+    """``H = S[:n, :n]⁻¹`` through its Cholesky factor ``S = L Lᵀ``; ``L`` is overwritten with ``M = L⁻ᵀ``
+    (upper triangular). Every inner loop runs along rows (contiguous). False when a pivot is not positive."""
     for i in range(n):
-        dii = src_S[i, i]
-        if not dii > 0.0:
-            return False
-        scratch_key[i] = -(src_c[i] * src_c[i] / dii)
-    # Stable insertion sort into a preallocated buffer: n ≤ a few hundred, and no allocation per node.
+        for j in range(i + 1):
+            s = S[i, j]
+            for m in range(j):
+                s -= L[i, m] * L[j, m]
+            if i == j:
+                if not s > 0.0:
+                    return False
+                L[i, i] = np.sqrt(s)
+            else:
+                L[i, j] = s / L[j, j]
+    # Row j of M = L⁻ᵀ solves L mᵀ = e_j (forward substitution; m_i = 0 for i < j). Rows are produced from the
+    # last up, so that L's lower triangle (read) and M's upper one (written) share the array: row j of M reads
+    # L's rows i > j below the diagonal and lands above it; diagonals are replaced by their reciprocals.
+    for j in range(n - 1, -1, -1):
+        djj = 1.0 / L[j, j]
+        for i in range(j + 1, n):
+            s = L[i, j] * djj
+            for m in range(j + 1, i):
+                s += L[i, m] * L[j, m]
+            L[j, i] = -s * L[i, i]          # L[i, i] (i > j) already holds the reciprocal 1 / L_ii
+        L[j, j] = djj
+    # H = M Mᵀ: H[a, b] = Σ_{i ≥ max(a, b)} M[a, i] M[b, i]
+    for a in range(n):
+        for b in range(a + 1):
+            s = 0.0
+            for i in range(a, n):
+                s += L[a, i] * L[b, i]
+            H[a, b] = s
+            H[b, a] = s
+    return True
+
+
+def _deletion_order(src_S, src_c, src_idx, n, gain, threshold, last, S_out, c_out, idx_out, bnd_out, L, H, x,
+                    removed, order):
+    """Order a node's candidates by greedy deletion and write its children's suffix bounds (module doc).
+
+    Position ``t`` holds the candidate whose removal lowers the gain of the rest (positions ``t … n−1``) the
+    most: with ``H = S_VV⁻¹`` and ``x = H c_V`` over the rest ``V``, removing ``j`` lowers ``c_Vᵀ S_VV⁻¹ c_V`` by
+    ``x_j² / H_jj`` and downdates ``H ← H − H_{:j} H_{j:} / H_jj``, ``x ← x − H_{:j} x_j / H_jj``.
+    ``bnd_out[t] = gain + c_Vᵀ S_VV⁻¹ c_V`` for the rest at ``t``. The greedy steps stop at the first bound at or
+    below ``threshold`` (the loop over children ends there: the threshold only rises) or past position
+    ``last``; the later positions keep the index order and that bound (their suffixes are subsets).
+    False when the Schur complement is not numerically positive definite."""
+    if not _inverse_into(src_S, n, L, H):
+        return False
+    tot = 0.0
     for i in range(n):
-        kv = scratch_key[i]
-        j = i - 1
-        while j >= 0 and scratch_key[order[j]] > kv:
-            order[j + 1] = order[j]
-            j -= 1
-        order[j + 1] = i
+        s = 0.0
+        for m in range(n):
+            s += H[i, m] * src_c[m]
+        x[i] = s
+        tot += src_c[i] * s
+        removed[i] = 0
+    pos = 0
+    while pos < n:
+        if pos > last or gain + tot <= threshold:
+            break
+        best = -1.0
+        j = -1
+        for i in range(n):
+            if removed[i] == 0:
+                h = H[i, i]
+                if not h > 0.0:
+                    return False
+                v = x[i] * x[i] / h
+                if v > best:
+                    best = v
+                    j = i
+        order[pos] = j
+        removed[j] = 1
+        pos += 1
+        tot -= best
+        hj = H[j, j]
+        xj = x[j] / hj
+        for i in range(n):
+            if removed[i] == 0:
+                x[i] -= H[i, j] * xj
+        for a in range(n):
+            if removed[a] == 0:
+                f = H[a, j] / hj
+                for b in range(n):
+                    H[a, b] -= f * H[j, b]
+    for i in range(n):
+        if removed[i] == 0:
+            order[pos] = i
+            pos += 1
     for a in range(n):
         oa = order[a]
         c_out[a] = src_c[oa]
         idx_out[a] = src_idx[oa]
         for b in range(n):
             S_out[a, b] = src_S[oa, order[b]]
-    return True
+    # The explicit inverse chose the order; the bounds come from the Cholesky factor of the ordered matrix
+    # (backward stable: the inverse loses cond(S)·ε, the factor only √cond(S)·ε).
+    return _suffix_bounds(S_out, c_out, n, gain, L, x, bnd_out)
 
 
 def _suffix_bounds(S, c, n, gain, L, y, out):
@@ -172,14 +288,13 @@ def _offer(reals, ints, best_keep, depth, gain, last_a, last_b, total, rel_gap, 
     _refresh_threshold(reals, total, rel_gap, abs_gap, allowance)
 
 
-def enter_root(F, c, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, Lbuf, ybuf, key, obuf):
+def enter_root(F, c, k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, Lbuf, ybuf, obuf, Hbuf, rbuf):
     """Set up level 0 from the full ``F`` and ``c`` (one node counted). False on a non-positive pivot."""
     p = c.size
     L = (ints.size - LEVELS0) // 3
     idx = np.arange(p)
-    if not _order_into(F, c, idx, p, S_ws[0], c_ws[0], idx_ws[0], key, obuf):
-        return False
-    if not _suffix_bounds(S_ws[0], c_ws[0], p, 0.0, Lbuf, ybuf, bnd_ws[0]):
+    if not _deletion_order(F, c, idx, p, 0.0, reals[THRESHOLD], p - k, S_ws[0], c_ws[0], idx_ws[0], bnd_ws[0],
+                           Lbuf, Hbuf, ybuf, rbuf, obuf):
         return False
     ints[NODES] += 1
     ints[DEPTH] = 1
@@ -189,9 +304,68 @@ def enter_root(F, c, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, Lbuf, ybuf, key, o
     return True
 
 
+def _low_bit(x):
+    """Index of the lowest set bit of ``x > 0``."""
+    i = 0
+    while (x >> i) & 1 == 0:
+        i += 1
+    return i
+
+
+def _high_bit(x):
+    """Index of the highest set bit of ``x > 0``."""
+    i = 0
+    while x >> (i + 1) != 0:
+        i += 1
+    return i
+
+
+def _bit_count(x):
+    n = 0
+    while x != 0:
+        x &= x - 1
+        n += 1
+    return n
+
+
+def _dominance_allows(kept, pruned, full, budget, forced):
+    """Whether a node whose duplicate-group members are ``kept`` / ``pruned`` (bit masks by rank, one per
+    group) may still reach a keep-set in which every group prunes one contiguous run of ranks, adding at most
+    ``budget`` more weights. ``forced[g]`` receives the undecided members that such a keep-set must prune
+    (those between the lowest and highest pruned rank).
+
+    A kept member between two pruned ones rules the node out; so do more must-keep members than ``budget``:
+    once a member is kept beside a pruned run, the run cannot pass it, so every undecided member beyond it
+    must be kept."""
+    one = np.int64(1)
+    need = 0
+    for g in range(full.size):
+        forced[g] = 0
+        pg = pruned[g]
+        if pg == 0:
+            continue
+        kg = kept[g]
+        lo = _low_bit(pg)
+        hi = _high_bit(pg)
+        between = ((one << hi) - one) & ~((one << (lo + 1)) - one)
+        if kg & between != 0:
+            return False
+        undecided = full[g] & ~kg & ~pg
+        forced[g] = undecided & between
+        below = kg & ((one << lo) - one)
+        if below != 0:
+            need += _bit_count(undecided & ((one << _high_bit(below)) - one))
+        above = kg >> (hi + 1)
+        if above != 0:
+            need += _bit_count(undecided >> (hi + 2 + _low_bit(above)))
+    return need <= budget
+
+
 def run_nodes(k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, best_keep, total, rel_gap, abs_gap, allowance,
-              node_budget, Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf):
+              node_budget, Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf, Hbuf, rbuf, group_of, rank_of, full, kept_m,
+              pruned_m, gscr, mark):
     """Advance the search (module doc) by at most ``node_budget`` nodes; returns DONE, PAUSED or NUMERICAL."""
+    ng = full.size
     L = (ints.size - LEVELS0) // 3
     n_of = ints[LEVELS0:LEVELS0 + L]
     t_of = ints[LEVELS0 + L:LEVELS0 + 2 * L]
@@ -219,17 +393,33 @@ def run_nodes(k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, best_keep, total, rel_
                 reals[PRUNED_MAX] = ub
             ints[DEPTH] = depth - 1
             continue
+        if ng > 0 and not _dominance_allows(kept_m[lv], pruned_m[lv], full, b, gscr[2]):
+            # The candidates skipped so far (pruned in every later child) already rule out every later child.
+            ints[DEPTH] = depth - 1
+            continue
         t_of[lv] = t + 1
         S = S_ws[lv]
         c = c_ws[lv]
         idx = idx_ws[lv]
+        bc = b - 1
+        if ng > 0:
+            # The child keeps idx[t]; later siblings prune it. A dominated child is skipped (not counted).
+            for g in range(ng):
+                gscr[0, g] = kept_m[lv, g]
+                gscr[1, g] = pruned_m[lv, g]
+            gu = group_of[idx[t]]
+            if gu >= 0:
+                bit = np.int64(1) << rank_of[idx[t]]
+                gscr[0, gu] |= bit
+                pruned_m[lv, gu] |= bit
+            if not _dominance_allows(gscr[0], gscr[1], full, bc, gscr[2]):
+                continue
         piv = S[t, t]
         ct = c[t]
         child_gain = gain_of[lv] + ct * ct / piv
         kept_of[lv] = idx[t]
         m = n - t - 1
         ints[NODES] += 1
-        bc = b - 1
         if bc <= 2:
             # Leaf: every single / pair in closed form, on the conditioned entries computed on the fly (the
             # child's Schur complement is never stored: half the memory traffic of a leaf).
@@ -241,22 +431,31 @@ def run_nodes(k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, best_keep, total, rel_
                     return NUMERICAL
                 ybuf[i] = dii
                 key[i] = si / piv
+                mark[i] = 0
+                if ng > 0:      # members the child must prune (dominance) are not tried
+                    g = group_of[idx[t + 1 + i]]
+                    if g >= 0 and (gscr[2, g] >> rank_of[idx[t + 1 + i]]) & 1 != 0:
+                        mark[i] = 1
             best_v = -np.inf
             ba = -1
             bb = -1
             if bc == 1:
                 for i in range(m):
                     v = cbuf[i] * cbuf[i] / ybuf[i]
-                    if v > best_v:
+                    if v > best_v and mark[i] == 0:
                         best_v = v
                         ba = i
             else:
                 for a in range(m):
+                    if mark[a] != 0:
+                        continue
                     ca = cbuf[a]
                     da = ybuf[a]
                     fa = key[a]
                     row = t + 1 + a
                     for e in range(a + 1, m):
+                        if mark[e] != 0:
+                            continue
                         ce = cbuf[e]
                         de = ybuf[e]
                         sae = S[row, t + 1 + e] - fa * S[t, t + 1 + e]     # S is symmetric: row t
@@ -269,20 +468,36 @@ def run_nodes(k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, best_keep, total, rel_
                 _offer(reals, ints, best_keep, depth, child_gain + best_v, idx[t + 1 + ba],
                        idx[t + 1 + bb] if bb >= 0 else -1, total, rel_gap, abs_gap, allowance)
             continue
-        # The child: Schur complement of S on the suffix after t, conditioned on keeping position t.
+        # The child: Schur complement of S on the suffix after t, conditioned on keeping position t, without
+        # the members it must prune (dominance; the Schur complement of the rest is its submatrix).
+        mm = 0
         for i in range(m):
-            si = S[t, t + 1 + i]
+            if ng > 0:
+                g = group_of[idx[t + 1 + i]]
+                if g >= 0 and (gscr[2, g] >> rank_of[idx[t + 1 + i]]) & 1 != 0:
+                    continue
+            mark[mm] = t + 1 + i
+            mm += 1
+        if mm < bc:
+            continue
+        for i in range(mm):
+            pi = mark[i]
+            si = S[t, pi]
             f = si / piv
-            cbuf[i] = c[t + 1 + i] - si * (ct / piv)
-            ibuf[i] = idx[t + 1 + i]
+            cbuf[i] = c[pi] - si * (ct / piv)
+            ibuf[i] = idx[pi]
             for j in range(i + 1):
-                v = S[t + 1 + i, t + 1 + j] - f * S[t, t + 1 + j]
+                v = S[pi, mark[j]] - f * S[t, mark[j]]
                 Sbuf[i, j] = v
                 Sbuf[j, i] = v
+        m = mm
         nl = lv + 1
-        if not _order_into(Sbuf, cbuf, ibuf, m, S_ws[nl], c_ws[nl], idx_ws[nl], key, obuf):
-            return NUMERICAL
-        if not _suffix_bounds(S_ws[nl], c_ws[nl], m, child_gain, Lbuf, ybuf, bnd_ws[nl]):
+        if ng > 0:
+            for g in range(ng):
+                kept_m[nl, g] = gscr[0, g]
+                pruned_m[nl, g] = gscr[1, g] | gscr[2, g]
+        if not _deletion_order(Sbuf, cbuf, ibuf, m, child_gain, reals[THRESHOLD], m - bc, S_ws[nl], c_ws[nl],
+                               idx_ws[nl], bnd_ws[nl], Lbuf, Hbuf, ybuf, rbuf, obuf):
             return NUMERICAL
         n_of[nl] = m
         t_of[nl] = 0
