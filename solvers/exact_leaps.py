@@ -57,10 +57,12 @@ Furnival & Wilson's *leaps and bounds* for best-subset regression, used here in 
 
 * Compiled (total budgets, numba installed): the same loop over an explicit stack of per-level arrays
   (:mod:`solvers.kernels.leaps_jit`) — the same nodes in the same order and the same answers (up to rounding
-  ties), ~7x faster on real blocks, where a node of the Python loop is ~20 numpy calls of a few µs each. The
-  clock, node limits, pauses and Ctrl-C are checked between calls of ~2 ms. Partition budgets, ``k ≤ 2`` and
-  blocks whose workspace (one ``p × p`` array per level) exceeds ``COMPILED_MAX_BYTES`` use the Python loop,
-  which does not apply the duplicate rule (its exchange argument would move keeps between partition groups).
+  ties), much faster on real blocks, where a node of the Python loop is ~20 numpy calls of a few µs each; it
+  hands each node's inverse down to its children instead of inverting afresh (the Python loop inverts at every
+  node). The clock, node limits, pauses and Ctrl-C are checked between calls of ~2 ms. Partition budgets,
+  ``k ≤ 2`` and blocks whose workspace (two ``p × p`` arrays per level) exceeds ``COMPILED_MAX_BYTES`` use the
+  Python loop, which does not apply the duplicate rule (its exchange argument would move keeps between
+  partition groups).
 
 This is exact (no relaxation is involved) and strongest when the kept set is small relative to the rank
 of ``F`` — high sparsity, or low-rank blocks with ``k < N`` where the perspective bounds of
@@ -87,9 +89,9 @@ NUMERICAL_ALLOWANCE = 1e-12
 _CHECK_EVERY = 256          # nodes between progress updates (the clock is read at every node: a node at
                             # p = 400 costs ~10 ms, so counting nodes between reads broke time limits)
 # Total budgets run the compiled node loop (:mod:`solvers.kernels.leaps_jit`, same nodes and answers as the
-# Python one, ~7x faster on real blocks) when numba is installed (False: the Python loop, for A/B measurement).
+# Python one, much faster on real blocks) when numba is installed (False: the Python loop, for A/B measurement).
 COMPILED = True
-# It keeps one p × p array per level: used up to this workspace size.
+# It keeps two p × p arrays per level (the Schur complement and its inverse): used up to this workspace size.
 COMPILED_MAX_BYTES = 64 * 2 ** 20
 # Seconds one call into the compiled loop aims at: the clock is read between calls (the node count per call
 # adapts to the measured node rate, from one node up).
@@ -573,14 +575,15 @@ class _CompiledState:
         self.reals = np.zeros(leaps_jit.GAIN0 + levels)
         self.best_keep = np.zeros(k, dtype=np.int64)
         self.bufs = (np.empty((p, p)), np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p),
-                     np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p, dtype=np.int64))
+                     np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p, dtype=np.int64),
+                     np.empty((levels, p, p)), np.zeros(levels, dtype=np.int64))
         self.chunk = 1
         self.reals[leaps_jit.PRUNED_MAX] = -np.inf
         self.push()
         self.kernels = kernels
-        Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf, Hbuf, rbuf = self.bufs
+        Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf, Hbuf, rbuf, H, hpos = self.bufs
         if not self.kernels["enter_root"](F, c, k, self.S, self.c, self.idx, self.bnd, self.ints, self.reals,
-                                          Lbuf, ybuf, obuf, Hbuf, rbuf):
+                                          Lbuf, ybuf, obuf, Hbuf, rbuf, H, hpos):
             raise NumericalFailure("Schur complement not positive definite")
         self.reals[leaps_jit.ROOT_UB] = st.total
         self.pull()

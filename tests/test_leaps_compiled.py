@@ -180,3 +180,53 @@ def test_a_numba_that_cannot_compile_falls_back_to_the_python_loop(monkeypatch):
     assert not leaps_jit.AVAILABLE and not res.info["compiled"]
     assert res.optimal and res.nodes == ref.nodes and res.value == ref.value
     assert not leaps_search(F, w, k).info["compiled"]          # no second attempt, no second warning
+
+
+def test_a_child_inverse_is_a_block_of_the_parent_inverse():
+    """The identity the compiled loop hands inverses down by: keeping position 0, the inverse of the Schur
+    complement on the rest is the rest's block of the parent's inverse (and dropping position 0 instead is a
+    Schur complement of that inverse)."""
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(9, 6))
+    S = A.T @ A + 1e-3 * np.eye(6)
+    H = np.linalg.inv(S)
+    schur = S[1:, 1:] - np.outer(S[1:, 0], S[0, 1:]) / S[0, 0]
+    assert np.allclose(np.linalg.inv(schur), H[1:, 1:], rtol=1e-9, atol=0)
+    dropped = H.copy()
+    assert leaps_jit._drop_leading(dropped, 0, 1, 6)
+    assert np.allclose(dropped[1:, 1:], np.linalg.inv(S[1:, 1:]), rtol=1e-9, atol=0)
+    bad = H.copy()
+    bad[0, 0] = -1.0
+    assert not leaps_jit._drop_leading(bad, 0, 1, 6)
+
+
+def test_a_drifted_handed_down_inverse_is_recomputed():
+    """A handed-down inverse that lost definiteness (rounding drift) is recomputed: same order, same bounds."""
+    kernels = leaps_jit.compiled()
+    assert kernels is not None
+    rng = np.random.default_rng(1)
+    n = 12
+    A = rng.normal(size=(20, n))
+    S = A.T @ A / 20 + 1e-5 * np.eye(n)
+    c = rng.normal(size=n)
+
+    def order(H0, known):
+        outs = (np.empty((n, n)), np.empty(n), np.empty(n, dtype=np.int64), np.empty(n))
+        H = H0.copy()
+        ok = leaps_jit._order_node(S, c, np.arange(n), n, 0.0, -np.inf, n - 3, *outs, H, known,
+                                   np.empty((n, n)), np.empty((n, n)), np.empty(n), np.empty(n, dtype=np.int64),
+                                   np.empty(n, dtype=np.int64))
+        return ok, outs, H
+
+    ok_fresh, fresh, H_fresh = order(np.zeros((n, n)), False)
+    drifted = np.linalg.inv(S)
+    drifted[np.diag_indices(n)] *= -1.0
+    ok_drift, redone, H_redone = order(drifted, True)
+    assert ok_fresh and ok_drift
+    assert np.array_equal(fresh[2], redone[2]) and np.allclose(fresh[3], redone[3], rtol=1e-12, atol=0)
+    perm = fresh[2]
+    assert np.allclose(H_redone, np.linalg.inv(S)[np.ix_(perm, perm)], rtol=1e-6, atol=0)
+    # the bounds are suffix gains of the returned order
+    for t in range(n):
+        rest = perm[t:]
+        assert np.isclose(fresh[3][t], c[rest] @ np.linalg.solve(S[np.ix_(rest, rest)], c[rest]), rtol=1e-8)
