@@ -103,9 +103,10 @@ COMPILED_SLICE_SECONDS = 0.002
 DUPLICATE_DOMINANCE = True
 
 
-def duplicate_groups(F: np.ndarray, w: np.ndarray, tol: float = NUMERICAL_ALLOWANCE) -> tuple[np.ndarray, np.ndarray]:
-    """Groups of duplicate weights of ``F`` and their ranks by value: ``(group_of, rank_of)``, ``group_of[j] = −1``
-    for a weight in no group.
+def duplicate_groups(F: np.ndarray, w: np.ndarray,
+                     tol: float = NUMERICAL_ALLOWANCE) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of duplicate weights of ``F`` and their ranks by value: ``(group_of, rank_of)``, ``group_of[j] =
+    −1`` for a weight in no group.
 
     Weights ``D`` are duplicates when ``F_DD = a·11ᵀ + δI`` and ``F_iD`` is constant over ``D`` for every
     other ``i`` (identical gradient columns plus a shared diagonal). Entries are compared up to
@@ -243,10 +244,11 @@ def _keep_gain(F: np.ndarray, c: np.ndarray, keep: np.ndarray) -> float | None:
 def _deletion_order(S: np.ndarray, c: np.ndarray, gain: float, threshold: float,
                     last: int) -> tuple[np.ndarray, np.ndarray]:
     """Greedy deletion order of a node's candidates and its children's suffix bounds (module doc; the compiled
-    loop's ``_deletion_order`` step for step): ``(order, bounds)`` with ``bounds[t] = gain + c_Vᵀ S_VV⁻¹ c_V``
-    over the rest ``V`` after removing ``order[:t]``, each removal the one that lowers it most
-    (``x_j² / H_jj`` with ``H = S_VV⁻¹``, ``x = H c_V``). Steps stop at the first bound at or below
-    ``threshold`` or past position ``last``; later positions keep the index order and that bound."""
+    loop's ``_greedy_deletions`` and ``_order_node`` step for step, with an inverse computed afresh):
+    ``(order, bounds)`` with ``bounds[t] = gain + c_Vᵀ S_VV⁻¹ c_V`` over the rest ``V`` after removing
+    ``order[:t]``, each removal the one that lowers it most (``x_j² / H_jj`` with ``H = S_VV⁻¹``,
+    ``x = H c_V``). The steps stop once the gain left is at or below ``threshold`` or past position ``last``;
+    the rest follow in index order. The bounds are the suffix gains of that order (Cholesky factor)."""
     n = c.size
     L, info = _potrf(S, lower=1, clean=1)
     if info != 0:

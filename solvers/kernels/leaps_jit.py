@@ -73,8 +73,9 @@ def compiled() -> dict | None:
     callees of ``run_nodes`` by global name when it compiles it."""
     global _COMPILED, AVAILABLE
     if _COMPILED is None and AVAILABLE:
-        names = ("_suffix_bounds", "_inverse_into", "_greedy_deletions", "_order_node", "_drop_leading", "_refresh_threshold", "_offer", "_low_bit", "_high_bit",
-                 "_bit_count", "_dominance_allows", "enter_root", "run_nodes")
+        names = ("_suffix_bounds", "_inverse_into", "_greedy_deletions", "_order_node", "_drop_leading",
+                 "_refresh_threshold", "_offer", "_low_bit", "_high_bit", "_bit_count", "_dominance_allows",
+                 "enter_root", "run_nodes")
         plain = {name: globals()[name] for name in names}
         try:
             _COMPILED = _compile(plain)
@@ -403,8 +404,8 @@ def _dominance_allows(kept, pruned, full, budget, forced):
 
 
 def run_nodes(k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, best_keep, total, rel_gap, abs_gap, allowance,
-              node_budget, Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf, Hbuf, rbuf, H_ws, hpos, group_of, rank_of, full,
-              kept_m, pruned_m, gscr, mark):
+              node_budget, Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf, Hbuf, rbuf, H_ws, hpos, group_of, rank_of,
+              full, kept_m, pruned_m, gscr, mark):
     """Advance the search (module doc) by at most ``node_budget`` nodes; returns DONE, PAUSED or NUMERICAL."""
     ng = full.size
     L = (ints.size - LEVELS0) // 3
