@@ -73,7 +73,7 @@ def compiled() -> dict | None:
     callees of ``run_nodes`` by global name when it compiles it."""
     global _COMPILED, AVAILABLE
     if _COMPILED is None and AVAILABLE:
-        names = ("_suffix_bounds", "_inverse_into", "_greedy_deletions", "_order_node", "_drop_leading",
+        names = ("_cholesky_into", "_suffix_bounds", "_inverse_into", "_greedy_deletions", "_order_node", "_drop_leading",
                  "_refresh_threshold", "_offer", "_low_bit", "_high_bit", "_bit_count", "_dominance_allows",
                  "enter_root", "run_nodes")
         plain = {name: globals()[name] for name in names}
@@ -144,12 +144,14 @@ def no_duplicates(p: int, levels: int) -> tuple:
     return duplicate_state(np.full(p, -1), np.zeros(p), levels, p)
 
 
-def _inverse_into(S, n, L, H):
-    """``H = S[:n, :n]⁻¹`` through its Cholesky factor ``S = L Lᵀ``; ``L`` is overwritten with ``M = L⁻ᵀ``
-    (upper triangular). Every inner loop runs along rows (contiguous). False when a pivot is not positive."""
+def _cholesky_into(S, n, L, reverse):
+    """``L Lᵀ = S[:n, :n]`` (``reverse``: of ``S[:n, :n]`` with rows and columns in reverse order, row ``i`` of
+    ``L`` ↔ position ``n−1−i``). False when a pivot is not positive."""
     for i in range(n):
+        ri = n - 1 - i if reverse else i
         for j in range(i + 1):
-            s = S[i, j]
+            rj = n - 1 - j if reverse else j
+            s = S[ri, rj]
             for m in range(j):
                 s -= L[i, m] * L[j, m]
             if i == j:
@@ -158,6 +160,14 @@ def _inverse_into(S, n, L, H):
                 L[i, i] = np.sqrt(s)
             else:
                 L[i, j] = s / L[j, j]
+    return True
+
+
+def _inverse_into(S, n, L, H):
+    """``H = S[:n, :n]⁻¹`` through its Cholesky factor ``S = L Lᵀ``; ``L`` is overwritten with ``M = L⁻ᵀ``
+    (upper triangular). Every inner loop runs along rows (contiguous). False when a pivot is not positive."""
+    if not _cholesky_into(S, n, L, False):
+        return False
     # Row j of M = L⁻ᵀ solves L mᵀ = e_j (forward substitution; m_i = 0 for i < j). Rows are produced from the
     # last up, so that L's lower triangle (read) and M's upper one (written) share the array: row j of M reads
     # L's rows i > j below the diagonal and lands above it; diagonals are replaced by their reciprocals.
@@ -283,19 +293,8 @@ def _suffix_bounds(S, c, n, gain, L, y, out):
 
     Cholesky factorisation of the reversed matrix (row ``i`` of ``L`` ↔ position ``n−1−i``), then a
     forward solve; the suffix values are cumulative sums of ``y²``. False when a pivot is not positive."""
-    for i in range(n):
-        ri = n - 1 - i
-        for j in range(i + 1):
-            rj = n - 1 - j
-            s = S[ri, rj]
-            for m in range(j):
-                s -= L[i, m] * L[j, m]
-            if i == j:
-                if not s > 0.0:
-                    return False
-                L[i, i] = np.sqrt(s)
-            else:
-                L[i, j] = s / L[j, j]
+    if not _cholesky_into(S, n, L, True):
+        return False
     acc = 0.0
     for i in range(n):
         s = c[n - 1 - i]
