@@ -39,6 +39,40 @@ def test_suffix_gains_match_direct_solves():
     assert np.all(np.diff(got) <= 1e-12)    # monotone: shorter suffixes never gain more
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_deletion_order_removes_the_most_valuable_candidate_first(seed):
+    """Greedy deletion by direct solves: each position holds the candidate whose removal lowers the rest's gain
+    most; the bounds are the suffix gains of that order. The compiled step gives the same order and bounds."""
+    from solvers import exact_leaps
+    from solvers.kernels import leaps_jit
+    rng = np.random.default_rng(seed)
+    n = 9
+    A = rng.normal(size=(5, n)) * np.exp(rng.normal(size=n))
+    S = A.T @ A + [1e-1, 1e-3, 1e-5][seed % 3] * np.eye(n)
+    c = rng.normal(size=n)
+
+    def gain(idx):
+        idx = list(idx)
+        return float(c[idx] @ np.linalg.solve(S[np.ix_(idx, idx)], c[idx])) if idx else 0.0
+
+    order, bounds = exact_leaps._deletion_order(S, c, 0.5, -np.inf, n - 1)
+    rest = list(range(n))
+    for t in range(n):
+        assert bounds[t] == pytest.approx(0.5 + gain(order[t:]), rel=1e-9)
+        losses = [gain(rest) - gain([i for i in rest if i != j]) for j in rest]
+        assert losses[rest.index(order[t])] >= max(losses) - 1e-9 * gain(range(n))
+        rest.remove(order[t])
+    # stopping: once the gain left is at or below the threshold, the rest keep index order
+    stop_order, stop_bounds = exact_leaps._deletion_order(S, c, 0.0, 0.5 * (bounds[1] + bounds[2]) - 0.5, n - 1)
+    assert list(stop_order[:2]) == list(order[:2]) and list(stop_order[2:]) == sorted(order[2:])
+    if leaps_jit.AVAILABLE:
+        outs = (np.empty((n, n)), np.empty(n), np.empty(n, dtype=np.int64), np.empty(n))
+        assert leaps_jit._order_node(S, c, np.arange(n), n, 0.5, -np.inf, n - 1, *outs, np.empty((n, n)), False,
+                                     np.empty((n, n)), np.empty((n, n)), np.empty(n),
+                                     np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
+        assert list(outs[2]) == list(order) and np.allclose(outs[3], bounds, rtol=1e-10, atol=0)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_leaps_search_matches_brute_force(seed):
     """Against an independent itertools enumeration of F's keep-sets (gain and cost)."""
