@@ -73,9 +73,9 @@ def compiled() -> dict | None:
     callees of ``run_nodes`` by global name when it compiles it."""
     global _COMPILED, AVAILABLE
     if _COMPILED is None and AVAILABLE:
-        names = ("_cholesky_into", "_suffix_bounds", "_inverse_into", "_greedy_deletions", "_order_node", "_drop_leading",
-                 "_refresh_threshold", "_offer", "_low_bit", "_high_bit", "_bit_count", "_dominance_allows",
-                 "enter_root", "run_nodes")
+        names = ("_cholesky_into", "_suffix_bounds", "_inverse_into", "_greedy_deletions", "_order_node",
+                 "_drop_leading", "_refresh_threshold", "_offer", "_low_bit", "_high_bit", "_bit_count",
+                 "_dominance_allows", "enter_root", "run_nodes")
         plain = {name: globals()[name] for name in names}
         try:
             _COMPILED = _compile(plain)
