@@ -37,7 +37,7 @@ instead of leaps alone):
   searches share one incumbent (each prunes with the best known cost), the bound is the larger of the two
   proven bounds, and the first search to settle (or the two bounds together) proves optimality. Leaps'
   share of a slice pair follows best-first's relative gap (a stalled best-first gives leaps most of the
-  time). Neither search wins everywhere on real blocks (leaps proves the fc1 chunks at damping 1e-5 where
+  time), with a floor of a quarter up to 64 weights and a tenth above. Neither search wins everywhere on real blocks (leaps proves the fc1 chunks at damping 1e-5 where
   best-first stalls; best-first finishes the fc2 row pairs): the portfolio gets both within a factor of
   about 1.25–2 of the faster one. (``PORTFOLIO = False`` restores the earlier leaps probe then best-first.)
 * ``search="milp"`` ("selection" only) — HiGHS's branch-and-cut on the exact MILP linearisation of the
@@ -100,11 +100,14 @@ PORTFOLIO_GROWTH = 1.5
 # Leaps' share of a pair: leaps' own bound says nothing until its last root subtrees, best-first's relative
 # gap does — a best-first gap at or below GAP_LOW (it is closing) gives leaps SHARE_MIN of the next pair, at
 # or above GAP_HIGH (stalled far from the incumbent, as at tiny dampings) SHARE_MAX, linear in between; the
-# first pair is split evenly (measured: docs/benchmarks/miqp_capacity.md). The floor is 0.25 since leaps
-# orders by greedy deletion: best-first's gap then falls alike whether best-first or leaps will finish first
-# (0.15 → 0.04 over 60 s in both cases measured), and a 0.1 floor let a 7 s leaps proof take 57 s.
+# first pair is split evenly (measured: docs/benchmarks/miqp_capacity.md). Best-first's gap falls alike
+# whether best-first or leaps will finish first (0.15 → 0.04 over 60 s in both traces measured), so the floor
+# depends on the block size instead: up to PORTFOLIO_SMALL_P weights leaps (ordered by greedy deletion) proves
+# blocks best-first stalls on — a 0.1 floor let a 7 s leaps proof take 57 s — above it the leaps tree is out of
+# reach where best-first proves (fc2 row pairs at 1e-3: leaps alone leaves 90% at 60 s), so best-first keeps 90%.
 PORTFOLIO_LEAPS_SHARE = 0.5
-PORTFOLIO_SHARE_MIN, PORTFOLIO_SHARE_MAX = 0.25, 0.9
+PORTFOLIO_SHARE_MIN, PORTFOLIO_SHARE_MAX = 0.1, 0.9
+PORTFOLIO_SMALL_P, PORTFOLIO_SHARE_MIN_SMALL = 64, 0.25
 PORTFOLIO_GAP_LOW, PORTFOLIO_GAP_HIGH = 0.1, 0.3
 # Best-first nodes tried on a "selection" problem before HiGHS takes over on the MILP linearisation.
 SELECTION_PROBE_NODES = 2000
@@ -302,8 +305,8 @@ def _run_portfolio(problem, oracle, z0, v0, b0, *, deadline, rel_gap, abs_gap, p
     """Leaps-and-bounds and best-first, time-sliced, sharing one incumbent ("update", positive definite F).
 
     Slices alternate (leaps first); each pair lasts ``PORTFOLIO_GROWTH`` times longer than the last; leaps
-    takes ``PORTFOLIO_LEAPS_SHARE`` of the first pair and then a share set by best-first's relative gap
-    (:func:`_leaps_share`: a stalled best-first leaves most of the time to leaps). Before its slice each search
+    takes ``PORTFOLIO_LEAPS_SHARE`` of the first pair and then a share set by best-first's relative gap and
+    the block size (:func:`_leaps_share`: a stalled best-first leaves most of the time to leaps). Before its slice each search
     is offered the other's incumbent (both prune against the best known cost). The proven bound is the larger
     of the two valid bounds: best-first's smallest open key and leaps' root suffix bound (everything leaps has
     not enumerated lies below it). Stops when either search settles, when
@@ -370,7 +373,7 @@ def _run_portfolio(problem, oracle, z0, v0, b0, *, deadline, rel_gap, abs_gap, p
                     winner = "best_first"
                 break
             slice_s *= PORTFOLIO_GROWTH
-            share = _leaps_share(bf.bound(), incumbent()[1])
+            share = _leaps_share(bf.bound(), incumbent()[1], problem.p)
     except KeyboardInterrupt:       # between slices: keep what both searches have
         deadline.interrupt()
     keep, value = incumbent()
@@ -398,11 +401,13 @@ def _run_portfolio(problem, oracle, z0, v0, b0, *, deadline, rel_gap, abs_gap, p
                                "bound_kind": "max(perspective, monotone suffix)"})
 
 
-def _leaps_share(bf_bound: float, best: float) -> float:
-    """Leaps' share of the next slice pair from best-first's relative gap (constants PORTFOLIO_*)."""
+def _leaps_share(bf_bound: float, best: float, p: int) -> float:
+    """Leaps' share of the next slice pair from best-first's relative gap and the block size ``p`` (constants
+    PORTFOLIO_*)."""
     gap = (best - bf_bound) / max(abs(best), 1e-300) if np.isfinite(bf_bound) else 1.0
     frac = min(1.0, max(0.0, (gap - PORTFOLIO_GAP_LOW) / (PORTFOLIO_GAP_HIGH - PORTFOLIO_GAP_LOW)))
-    return PORTFOLIO_SHARE_MIN + frac * (PORTFOLIO_SHARE_MAX - PORTFOLIO_SHARE_MIN)
+    floor = PORTFOLIO_SHARE_MIN_SMALL if p <= PORTFOLIO_SMALL_P else PORTFOLIO_SHARE_MIN
+    return floor + frac * (PORTFOLIO_SHARE_MAX - floor)
 
 
 def _run_selection_milp(problem, start_pruned: np.ndarray, known_bound: float | None, *, deadline: Deadline,

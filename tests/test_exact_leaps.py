@@ -237,12 +237,16 @@ def test_large_blocks_time_slice_leaps_and_best_first(monkeypatch):
     assert _close(sol.objective, ref.objective) and sol.bound <= ref.objective * (1 + REL)
 
 
-def test_leaps_share_follows_best_first_gap():
-    """Leaps' share of a slice pair: the floor while best-first closes, the ceiling while it stalls, monotone
-    in between, and the ceiling when best-first has no finite bound yet."""
-    share = miqp_module._leaps_share
-    lo, hi = miqp_module.PORTFOLIO_SHARE_MIN, miqp_module.PORTFOLIO_SHARE_MAX
-    assert 0.0 < lo < hi < 1.0
+@pytest.mark.parametrize("p", [64, 80])
+def test_leaps_share_follows_best_first_gap(p):
+    """Leaps' share of a slice pair: the floor while best-first closes (higher for blocks small enough for
+    leaps), the ceiling while it stalls, monotone in between, and the ceiling when best-first has no finite
+    bound yet."""
+    share = lambda bound, best: miqp_module._leaps_share(bound, best, p)  # noqa: E731
+    small = p <= miqp_module.PORTFOLIO_SMALL_P
+    lo = miqp_module.PORTFOLIO_SHARE_MIN_SMALL if small else miqp_module.PORTFOLIO_SHARE_MIN
+    hi = miqp_module.PORTFOLIO_SHARE_MAX
+    assert 0.0 < miqp_module.PORTFOLIO_SHARE_MIN < miqp_module.PORTFOLIO_SHARE_MIN_SMALL < hi < 1.0
     assert share(0.95, 1.0) == pytest.approx(lo) and share(0.0, 1.0) == pytest.approx(hi)
     assert share(-np.inf, 1.0) == pytest.approx(hi)
     gaps = np.linspace(0.0, 1.0, 21)
