@@ -91,8 +91,9 @@ _CHECK_EVERY = 256          # nodes between progress updates (the clock is read 
 # Total budgets run the compiled node loop (:mod:`solvers.kernels.leaps_jit`, same nodes and answers as the
 # Python one, much faster on real blocks) when numba is installed (False: the Python loop, for A/B measurement).
 COMPILED = True
-# It keeps two p × p arrays per level (the Schur complement and its inverse): used up to this workspace size.
-COMPILED_MAX_BYTES = 64 * 2 ** 20
+# It keeps two p × p arrays per level (the Schur complement and its inverse): used up to this workspace size
+# (p ≈ 250 at half sparsity, as with one array and 64 MiB before).
+COMPILED_MAX_BYTES = 128 * 2 ** 20
 # Seconds one call into the compiled loop aims at: the clock is read between calls (the node count per call
 # adapts to the measured node rate, from one node up).
 COMPILED_SLICE_SECONDS = 0.002
