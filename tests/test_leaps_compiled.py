@@ -224,6 +224,10 @@ def test_a_drifted_handed_down_inverse_is_recomputed():
     ok_drift, redone, H_redone = order(drifted, True)
     assert ok_fresh and ok_drift
     assert np.array_equal(fresh[2], redone[2]) and np.allclose(fresh[3], redone[3], rtol=1e-12, atol=0)
+    broken = np.linalg.inv(S)
+    broken[0, :] = np.nan                   # no finite greedy score at all
+    ok_nan, from_nan, _ = order(broken, True)
+    assert ok_nan and np.array_equal(fresh[2], from_nan[2])
     perm = fresh[2]
     assert np.allclose(H_redone, np.linalg.inv(S)[np.ix_(perm, perm)], rtol=1e-6, atol=0)
     # the bounds are suffix gains of the returned order

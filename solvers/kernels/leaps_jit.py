@@ -195,7 +195,8 @@ def _greedy_deletions(H, c, n, gain, threshold, last, x, removed, order):
     (``S⁻¹``, destroyed). With ``x = H c`` over the rest ``V``, removing ``j`` lowers ``c_Vᵀ S_VV⁻¹ c_V`` by
     ``x_j² / H_jj`` and downdates ``H ← H − H_{:j} H_{j:} / H_jj``, ``x ← x − H_{:j} x_j / H_jj``. The steps stop
     once the gain left is at or below ``threshold`` (the loop over children ends there: the threshold only
-    rises) or past position ``last``; the rest follow in index order. False when ``H`` is not positive."""
+    rises) or past position ``last``; the rest follow in index order. False when ``H`` is not positive (or no
+    score is finite)."""
     tot = 0.0
     for i in range(n):
         s = 0.0
@@ -204,6 +205,8 @@ def _greedy_deletions(H, c, n, gain, threshold, last, x, removed, order):
         x[i] = s
         tot += c[i] * s
         removed[i] = 0
+    if not np.isfinite(tot):
+        return False
     pos = 0
     while pos <= last and gain + tot > threshold:
         best = -1.0
@@ -217,6 +220,8 @@ def _greedy_deletions(H, c, n, gain, threshold, last, x, removed, order):
                 if v > best:
                     best = v
                     j = i
+        if j < 0:               # no finite score: the inverse has drifted
+            return False
         order[pos] = j
         removed[j] = 1
         pos += 1
@@ -248,7 +253,7 @@ def _order_node(src_S, src_c, src_idx, n, gain, threshold, last, S_out, c_out, i
     ordered matrix (backward stable: an inverse loses cond(S)·ε, the factor √cond(S)·ε), and a handed-down
     inverse that has drifted to a non-positive pivot is recomputed. False when ``src_S`` is not numerically
     positive definite."""
-    for attempt in range(2):
+    for _ in range(2):
         if not known:
             if not _inverse_into(src_S, n, L, H_out):
                 return False
