@@ -28,11 +28,14 @@ Furnival & Wilson's *leaps and bounds* for best-subset regression, used here in 
   the order — the bounds come from the Cholesky factor as before (it loses √cond(S)·ε, the inverse cond(S)·ε).
 * **Duplicate weights** (compiled loop): weights ``D`` with ``F_DD = a·11ᵀ + δI`` and ``F_iD`` constant over
   ``D`` — identical gradient columns, as the always-background pixels of every fc1 block. The cost of a
-  keep-set depends on ``D``'s pruned members only through ``δ‖x_D − w_D‖²`` and the sum of ``x_D``: for a
-  fixed sum ``T`` over ``q ≥ 1`` kept members ``K``, the best update gives ``δ(Σ_P w_j² + (T − Σ_K w_j)²/q)``,
-  and swapping a kept member for a pruned value ``v`` changes this by a convex function of ``v``. So a
-  kept member between two pruned ones (in the group's order by ``w``) can be swapped for one of them at no
-  loss, and **some optimal keep-set prunes one contiguous run of every group**. The search visits only such
+  keep-set depends on ``D``'s members only through ``δ‖x_D − w_D‖²`` and the sum of ``x_D`` (pruned ``P``:
+  ``x_j = 0``): for a fixed sum ``T`` over ``q ≥ 1`` kept members ``K``, the best update costs
+  ``δ(Σ_P w_j² + (T − Σ_K w_j)²/q)`` there. Replacing a kept member's value ``w_i`` by a pruned one's ``v``
+  (the two swap roles, ``q`` and the rest unchanged) turns this into ``−(1 − 1/q)·v² +`` (linear in ``v``) ``+``
+  const, concave in ``v``: over ``w_l ≤ w_i ≤ w_u`` it is smallest at an end. So a kept member between two
+  pruned ones (in the group's order by ``w``) can trade places with one of them at no loss (at the same
+  ``T``, hence also after re-optimising), and **some optimal keep-set prunes one contiguous run of every
+  group**. The search visits only such
   keep-sets: a child whose kept and pruned members rule that out is skipped, undecided members inside the
   pruned run are dropped from its list, and undecided members beyond a kept one (which the run can no longer
   reach) must all be kept — more of them than the budget left rules the child out. On real fc1 blocks at
