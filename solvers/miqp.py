@@ -107,7 +107,7 @@ PORTFOLIO_GROWTH = 1.5
 # reach where best-first proves (fc2 row pairs at 1e-3: leaps alone leaves 90% at 60 s), so best-first keeps 90%.
 PORTFOLIO_LEAPS_SHARE = 0.5
 PORTFOLIO_SHARE_MIN, PORTFOLIO_SHARE_MAX = 0.1, 0.9
-PORTFOLIO_SMALL_P, PORTFOLIO_SHARE_MIN_SMALL = 64, 0.25
+PORTFOLIO_SMALL_P, PORTFOLIO_SHARE_MIN_SMALL = 64, 0.4
 PORTFOLIO_GAP_LOW, PORTFOLIO_GAP_HIGH = 0.1, 0.3
 # Best-first nodes tried on a "selection" problem before HiGHS takes over on the MILP linearisation.
 SELECTION_PROBE_NODES = 2000

@@ -500,13 +500,13 @@ def run_nodes(k, S_ws, c_ws, idx_ws, bnd_ws, ints, reals, best_keep, total, rel_
                     fa = key[a]
                     row = t + 1 + a
                     for e in range(a + 1, m):
-                        if mark[e] != 0:
-                            continue
                         ce = cbuf[e]
                         de = ybuf[e]
                         sae = S[row, t + 1 + e] - fa * S[t, t + 1 + e]     # S is symmetric: row t
                         v = (ca * ca * de - 2.0 * ca * ce * sae + ce * ce * da) / (da * de - sae * sae)
                         if v > best_v:
+                            if mark[e] != 0:
+                                continue
                             best_v = v
                             ba = a
                             bb = e
