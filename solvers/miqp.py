@@ -37,9 +37,9 @@ instead of leaps alone):
   searches share one incumbent (each prunes with the best known cost), the bound is the larger of the two
   proven bounds, and the first search to settle (or the two bounds together) proves optimality. Leaps'
   share of a slice pair follows best-first's relative gap (a stalled best-first gives leaps most of the
-  time), with a floor of a quarter up to 64 weights and a tenth above. Neither search wins everywhere on real blocks (leaps proves the fc1 chunks at damping 1e-5 where
-  best-first stalls; best-first finishes the fc2 row pairs): the portfolio gets both within a factor of
-  about 1.25–2 of the faster one. (``PORTFOLIO = False`` restores the earlier leaps probe then best-first.)
+  time), with a floor of 0.4 up to 64 weights and 0.1 above. Neither search wins everywhere on real blocks
+  (leaps proves most fc1 chunks at damping 1e-5, where best-first stalls; best-first finishes the fc2 row
+  pairs and some fc1 chunks): the portfolio gets both within a factor of about 1.1–2.5 of the faster one. (``PORTFOLIO = False`` restores the earlier leaps probe then best-first.)
 * ``search="milp"`` ("selection" only) — HiGHS's branch-and-cut on the exact MILP linearisation of the
   binary QP (:mod:`solvers.kernels.selection_milp`), started from the incumbent. For "selection" on low-rank blocks
   (N < p), ``"auto"`` runs a best-first probe of ``SELECTION_PROBE_NODES`` nodes (it settles most of them in
@@ -103,8 +103,10 @@ PORTFOLIO_GROWTH = 1.5
 # first pair is split evenly (measured: docs/benchmarks/miqp_capacity.md). Best-first's gap falls alike
 # whether best-first or leaps will finish first (0.15 → 0.04 over 60 s in both traces measured), so the floor
 # depends on the block size instead: up to PORTFOLIO_SMALL_P weights leaps (ordered by greedy deletion) proves
-# blocks best-first stalls on — a 0.1 floor let a 7 s leaps proof take 57 s — above it the leaps tree is out of
-# reach where best-first proves (fc2 row pairs at 1e-3: leaps alone leaves 90% at 60 s), so best-first keeps 90%.
+# blocks best-first stalls on — a 0.1 floor let a 7 s leaps proof take 57 s — yet best-first still wins some
+# (fc1 row 6 cols 128–191 at 0.5: 19.8 s alone, leaps 45.6 s); 0.4 balanced the worst of each kind measured
+# (46 s and 35 s; 0.25: 60 s and 29 s; 0.5: 44 s and 49 s). Above it the leaps tree is out of reach where
+# best-first proves (fc2 row pairs at 1e-3: leaps alone leaves 90% at 60 s), so best-first keeps 90%.
 PORTFOLIO_LEAPS_SHARE = 0.5
 PORTFOLIO_SHARE_MIN, PORTFOLIO_SHARE_MAX = 0.1, 0.9
 PORTFOLIO_SMALL_P, PORTFOLIO_SHARE_MIN_SMALL = 64, 0.4
