@@ -39,7 +39,8 @@ instead of leaps alone):
   share of a slice pair follows best-first's relative gap (a stalled best-first gives leaps most of the
   time), with a floor of 0.4 up to 64 weights and 0.1 above. Neither search wins everywhere on real blocks
   (leaps proves most fc1 chunks at damping 1e-5, where best-first stalls; best-first finishes the fc2 row
-  pairs and some fc1 chunks): the portfolio gets both within a factor of about 1.1–2.5 of the faster one. (``PORTFOLIO = False`` restores the earlier leaps probe then best-first.)
+  pairs and some fc1 chunks): the portfolio gets both within a factor of about 1.1–2.5 of the faster one.
+  (``PORTFOLIO = False`` restores the earlier leaps probe then best-first.)
 * ``search="milp"`` ("selection" only) — HiGHS's branch-and-cut on the exact MILP linearisation of the
   binary QP (:mod:`solvers.kernels.selection_milp`), started from the incumbent. For "selection" on low-rank blocks
   (N < p), ``"auto"`` runs a best-first probe of ``SELECTION_PROBE_NODES`` nodes (it settles most of them in
@@ -308,8 +309,8 @@ def _run_portfolio(problem, oracle, z0, v0, b0, *, deadline, rel_gap, abs_gap, p
 
     Slices alternate (leaps first); each pair lasts ``PORTFOLIO_GROWTH`` times longer than the last; leaps
     takes ``PORTFOLIO_LEAPS_SHARE`` of the first pair and then a share set by best-first's relative gap and
-    the block size (:func:`_leaps_share`: a stalled best-first leaves most of the time to leaps). Before its slice each search
-    is offered the other's incumbent (both prune against the best known cost). The proven bound is the larger
+    the block size (:func:`_leaps_share`: a stalled best-first leaves most of the time to leaps). Before its
+    slice each search is offered the other's incumbent (both prune against the best known cost). The proven bound is the larger
     of the two valid bounds: best-first's smallest open key and leaps' root suffix bound (everything leaps has
     not enumerated lies below it). Stops when either search settles, when
     ``best − bound ≤ max(abs_gap, rel_gap·|best|)``, at the deadline (``Status.TIME_LIMIT``) or on Ctrl-C
