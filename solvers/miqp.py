@@ -39,7 +39,7 @@ instead of leaps alone):
   share of a slice pair follows best-first's relative gap (a stalled best-first gives leaps most of the
   time), with a floor of 0.4 up to 64 weights and 0.1 above. Neither search wins everywhere on real blocks
   (leaps proves most fc1 chunks at damping 1e-5, where best-first stalls; best-first finishes the fc2 row
-  pairs and some fc1 chunks): the portfolio gets both within a factor of about 1.1–2.5 of the faster one.
+  pairs and some fc1 chunks): the portfolio gets both within about 1–2× of the faster one (measured 1.0–1.8×).
   (``PORTFOLIO = False`` restores the earlier leaps probe then best-first.)
 * ``search="milp"`` ("selection" only) — HiGHS's branch-and-cut on the exact MILP linearisation of the
   binary QP (:mod:`solvers.kernels.selection_milp`), started from the incumbent. For "selection" on low-rank blocks
