@@ -266,9 +266,7 @@ def _deletion_order(S: np.ndarray, c: np.ndarray, gain: float, threshold: float,
     order = np.empty(n, dtype=np.intp)
     alive = np.ones(n, dtype=bool)
     pos = 0
-    while pos < n:
-        if pos > last or gain + tot <= threshold:
-            break
+    while pos <= last and gain + tot > threshold:
         h = np.diagonal(H)
         if np.any(h[alive] <= 0.0):
             raise NumericalFailure("inverse lost definiteness")
@@ -279,11 +277,9 @@ def _deletion_order(S: np.ndarray, c: np.ndarray, gain: float, threshold: float,
         pos += 1
         tot -= float(score[j])
         col = H[:, j] / H[j, j]
-        x = x - col * x[j]
+        x = x - col * x[j]              # x_j and row j become exactly 0 (col_j = 1), removed ones stay 0
         H = H - np.outer(col, H[j])
-        x[~alive] = 0.0
-        H[~alive] = 0.0
-        H[:, ~alive] = 0.0
+        H[:, j] = 0.0                   # column j only up to rounding
     order[pos:] = np.flatnonzero(alive)
     # The explicit inverse chose the order; the bounds come from the Cholesky factor of the ordered matrix
     # (backward stable: the inverse loses cond(S)·ε, the factor only √cond(S)·ε).
@@ -327,10 +323,7 @@ def _expand(st: _Search, gain: float, S: np.ndarray, c: np.ndarray, idx: np.ndar
     """
     st.tick()
     n = c.size
-    d = S.diagonal()
-    if d.min() <= 0:
-        raise NumericalFailure("non-positive Schur pivot")
-    order, bounds = _deletion_order(S, c, gain, st.threshold, n - b)
+    order, bounds = _deletion_order(S, c, gain, st.threshold, n - b)     # raises on a non-positive pivot
     S, c, idx = S[order][:, order], c[order], idx[order]
     if need is not None:
         gi = st.ids[idx]
@@ -441,8 +434,8 @@ class LeapsSearch:
             kernels = leaps_jit.compiled()      # None (with one warning) where numba cannot compile here
             if kernels is not None:
                 dups = duplicate_groups(F, w) if (DUPLICATE_DOMINANCE if dominance is None else dominance) \
-                    else (np.full(p, -1), np.zeros(p, dtype=np.int64))
-                self.n_duplicate_groups = int(dups[0].max()) + 1
+                    else None
+                self.n_duplicate_groups = 0 if dups is None else int(dups[0].max()) + 1
                 self._jit = _CompiledState(F, c, k, self.st, kernels, dups)
                 return
         if k <= 2:
@@ -568,28 +561,19 @@ class _CompiledState:
     """
 
     def __init__(self, F: np.ndarray, c: np.ndarray, k: int, st: _Search, kernels: dict,
-                 duplicates: tuple[np.ndarray, np.ndarray]):
+                 duplicates: tuple[np.ndarray, np.ndarray] | None):
         p = c.size
         levels = k - 2
-        self.dominance = leaps_jit.duplicate_state(duplicates[0], duplicates[1], levels, p)
+        self.dominance = leaps_jit.no_duplicates(p, levels) if duplicates is None else \
+            leaps_jit.duplicate_state(duplicates[0], duplicates[1], levels, p)
         self.k, self.st = k, st
-        self.S = np.empty((levels, p, p))
-        self.c = np.empty((levels, p))
-        self.idx = np.empty((levels, p), dtype=np.int64)
-        self.bnd = np.empty((levels, p))
-        self.ints = np.zeros(leaps_jit.LEVELS0 + 3 * levels, dtype=np.int64)
-        self.reals = np.zeros(leaps_jit.GAIN0 + levels)
+        (self.S, self.c, self.idx, self.bnd), self.ints, self.reals, self.bufs = leaps_jit.workspace(p, k)
         self.best_keep = np.zeros(k, dtype=np.int64)
-        self.bufs = (np.empty((p, p)), np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p),
-                     np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p, dtype=np.int64),
-                     np.empty((levels, p, p)), np.zeros(levels, dtype=np.int64))
         self.chunk = 1
-        self.reals[leaps_jit.PRUNED_MAX] = -np.inf
         self.push()
         self.kernels = kernels
-        Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf, Hbuf, rbuf, H, hpos = self.bufs
         if not self.kernels["enter_root"](F, c, k, self.S, self.c, self.idx, self.bnd, self.ints, self.reals,
-                                          Lbuf, ybuf, obuf, Hbuf, rbuf, H, hpos):
+                                          *leaps_jit.root_buffers(self.bufs)):
             raise NumericalFailure("Schur complement not positive definite")
         self.reals[leaps_jit.ROOT_UB] = st.total
         self.pull()

@@ -89,14 +89,15 @@ class NodeReducer:
         Lu = L[nk:, nk:]
         S = Lu @ Lu.T
         wu = w_hat[nk:]
-        B, d, shift = _split(S, wu)
+        B, d, shift, R = _split(S, wu)
         if B is None:
             return NodeProblem(free, c0, None, 0.0)
-        return NodeProblem(free, max(c0, 0.0), _oracle_from_arrays(B, d, wu, S - np.diag(d)), shift)
+        return NodeProblem(free, max(c0, 0.0), _oracle_from_arrays(B, d, wu, R), shift)
 
 
-def _split(S: np.ndarray, w: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, float]:
-    """``S = BᵀB + diag(d)`` with the better of the uniform and the diagonally scaled eigenvalue shift.
+def _split(S: np.ndarray, w: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, float, np.ndarray | None]:
+    """``S = BᵀB + diag(d)`` with the better of the uniform and the diagonally scaled eigenvalue shift:
+    ``(B, d, min d, R = S − diag(d) = BᵀB)`` (``B``, ``R`` ``None`` when no positive shift exists).
 
     The two shifts need only the smallest eigenvalues (``eigvalsh``); ``B`` is then the Cholesky factor of
     ``S − D`` (any factor serves: the oracle uses only ``BᵀB``), positive definite thanks to ``SHIFT_SAFETY``.
@@ -115,13 +116,13 @@ def _split(S: np.ndarray, w: np.ndarray) -> tuple[np.ndarray | None, np.ndarray,
         if nu > 0 and (best is None or nu * float(diag @ weight) > best[0]):
             best = (nu * float(diag @ weight), nu * diag)
     if best is None:
-        return None, np.zeros(n), 0.0
+        return None, np.zeros(n), 0.0, None
     d = best[1]
     R = S - np.diag(d)
     L, info = _potrf(R, lower=1, clean=1, overwrite_a=0)
     if info == 0:
-        return L.T, d, float(np.min(d))
+        return L.T, d, float(np.min(d)), R
     ev, V = np.linalg.eigh(R)
     ev = np.clip(ev, 0.0, None)
     keep = ev > 1e-14 * max(1.0, float(ev[-1]))
-    return (V[:, keep] * np.sqrt(ev[keep])).T, d, float(np.min(d))
+    return (V[:, keep] * np.sqrt(ev[keep])).T, d, float(np.min(d)), R

@@ -310,8 +310,8 @@ def _run_portfolio(problem, oracle, z0, v0, b0, *, deadline, rel_gap, abs_gap, p
     Slices alternate (leaps first); each pair lasts ``PORTFOLIO_GROWTH`` times longer than the last; leaps
     takes ``PORTFOLIO_LEAPS_SHARE`` of the first pair and then a share set by best-first's relative gap and
     the block size (:func:`_leaps_share`: a stalled best-first leaves most of the time to leaps). Before its
-    slice each search is offered the other's incumbent (both prune against the best known cost). The proven bound is the larger
-    of the two valid bounds: best-first's smallest open key and leaps' root suffix bound (everything leaps has
+    slice each search is offered the other's incumbent (both prune against the best known cost). The proven
+    bound is the larger of the two valid bounds: best-first's smallest open key and leaps' root suffix bound (everything leaps has
     not enumerated lies below it). Stops when either search settles, when
     ``best − bound ≤ max(abs_gap, rel_gap·|best|)``, at the deadline (``Status.TIME_LIMIT``) or on Ctrl-C
     (``Status.INTERRUPTED``), keeping incumbent and bound. ``node_limit``: per search.

@@ -42,9 +42,10 @@ def _instance(seed):
 @pytest.mark.parametrize("seed", range(30))
 def test_support_form_equals_dual_form_and_definition(seed):
     S, w, rng = _instance(seed)
-    B, d, shift = _split(S, w)
+    B, d, shift, R_split = _split(S, w)
     assert B is not None and np.all(d > 0) and shift == pytest.approx(d.min())
     R = S - np.diag(d)
+    assert np.array_equal(R_split, R)
     assert np.allclose(B.T @ B, R, atol=1e-9 * np.abs(S).max())
     assert np.linalg.eigvalsh(R)[0] >= -1e-10 * np.abs(S).max()    # S − D stays positive semidefinite
     dual, support = _oracle_from_arrays(B, d, w), _oracle_from_arrays(B, d, w, R)
@@ -91,8 +92,8 @@ def test_node_tangents_never_exceed_the_true_cost(seed):
 
 def test_split_falls_back_to_eigh_when_the_factorisation_fails(monkeypatch):
     S, w, _ = _instance(4)
-    B0, d0, _ = _split(S, w)
+    B0, d0, _, _ = _split(S, w)
     monkeypatch.setattr(exact_node, "_potrf", lambda *a, **k: (None, 1))
-    B, d, _ = _split(S, w)
+    B, d, _, _ = _split(S, w)
     assert np.array_equal(d, d0)
     assert np.allclose(B.T @ B, S - np.diag(d), atol=1e-9 * np.abs(S).max())

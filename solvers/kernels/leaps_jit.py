@@ -55,6 +55,28 @@ BEST, THRESHOLD, PRUNED_MAX, ROOT_UB, GAIN0 = 0, 1, 2, 3, 4
 NODES, DEPTH, LEVELS0 = 0, 1, 2
 
 
+def workspace(p: int, k: int) -> tuple:
+    """A search's arrays for a block of ``p`` weights keeping ``k`` (module doc; ``workspace_bytes`` sizes
+    them): ``((S_ws, c_ws, idx_ws, bnd_ws), ints, reals, bufs)`` with ``bufs = (Sbuf, cbuf, ibuf, Lbuf, ybuf,
+    key, obuf, Hbuf, rbuf, H_ws, hpos)`` in :func:`run_nodes`' order; ``reals`` starts with no pruned bound."""
+    levels = max(k - 2, 1)
+    per_level = (np.empty((levels, p, p)), np.empty((levels, p)), np.empty((levels, p), dtype=np.int64),
+                 np.empty((levels, p)))
+    ints = np.zeros(LEVELS0 + 3 * levels, dtype=np.int64)
+    reals = np.zeros(GAIN0 + levels)
+    reals[PRUNED_MAX] = -np.inf
+    bufs = (np.empty((p, p)), np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p),
+            np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p, dtype=np.int64),
+            np.empty((levels, p, p)), np.zeros(levels, dtype=np.int64))
+    return per_level, ints, reals, bufs
+
+
+def root_buffers(bufs: tuple) -> tuple:
+    """The part of :func:`workspace`'s ``bufs`` that :func:`enter_root` takes."""
+    Sbuf, cbuf, ibuf, Lbuf, ybuf, key, obuf, Hbuf, rbuf, H_ws, hpos = bufs
+    return Lbuf, ybuf, obuf, Hbuf, rbuf, H_ws, hpos
+
+
 def workspace_bytes(p: int, k: int) -> int:
     """Bytes of the per-level workspace for a block of ``p`` weights keeping ``k``."""
     levels = max(k - 2, 1)
@@ -94,27 +116,15 @@ def _compile(plain: dict) -> dict:
     jit = numba.njit(cache=True, nogil=True)
     for name, fn in plain.items():
         globals()[name] = jit(fn)
-    # Compile now (numba compiles lazily, at the first call), so that a failure shows here and not mid-search.
-    p = 4
+    # Compile now (numba compiles lazily, at the first call), so that a failure shows here and not mid-search:
+    # once without and once with a duplicate group (the dominance branches).
+    p, k = 4, 4
     S = np.eye(p) * 2.0 + 0.5
-    ws = (np.empty((2, p, p)), np.empty((2, p)), np.empty((2, p), dtype=np.int64), np.empty((2, p)))
-    ints = np.zeros(LEVELS0 + 6, dtype=np.int64)
-    reals = np.zeros(GAIN0 + 2)
-    reals[PRUNED_MAX] = -np.inf
-    bufs = (np.empty((p, p)), np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p),
-            np.empty(p), np.empty(p, dtype=np.int64), np.empty((p, p)), np.empty(p, dtype=np.int64))
-    hws = (np.empty((2, p, p)), np.zeros(2, dtype=np.int64))
-    bufs = bufs + hws
-    root_bufs = (bufs[3], bufs[4], bufs[6], bufs[7], bufs[8]) + hws
-    enter_root(S, np.ones(p), 4, *ws, ints, reals, *root_bufs)
-    dom = no_duplicates(p, 2)
-    run_nodes(4, *ws, ints, reals, np.zeros(4, dtype=np.int64), 1.0, 0.0, 0.0, 0.0, 1, *bufs, *dom)
-    ints[:] = 0
-    reals[:] = 0.0
-    reals[PRUNED_MAX] = -np.inf
-    enter_root(S, np.ones(p), 4, *ws, ints, reals, *root_bufs)
-    dom = duplicate_state(np.array([0, 0, -1, -1]), np.array([0, 1, 0, 0]), 2, p)
-    run_nodes(4, *ws, ints, reals, np.zeros(4, dtype=np.int64), 1.0, 0.0, 0.0, 0.0, 1, *bufs, *dom)
+    one_pair = duplicate_state(np.array([0, 0, -1, -1]), np.array([0, 1, 0, 0]), k - 2, p)
+    for dom in (no_duplicates(p, k - 2), one_pair):
+        ws, ints, reals, bufs = workspace(p, k)
+        enter_root(S, np.ones(p), k, *ws, ints, reals, *root_buffers(bufs))
+        run_nodes(k, *ws, ints, reals, np.zeros(k, dtype=np.int64), 1.0, 0.0, 0.0, 0.0, 1, *bufs, *dom)
     return {"enter_root": enter_root, "run_nodes": run_nodes}
 
 
